@@ -1,0 +1,332 @@
+//! Command line and environment, in one place, and the validated settings made from them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Parser, ValueEnum};
+
+use crate::class::Desired;
+use crate::error::Error;
+use crate::validate;
+
+const AFTER_HELP: &str = "\
+The desired class: a StorageClass name; empty or unset for the cluster's default class; '-' for
+no class (storageClassName: \"\").
+
+Exit status:
+  0  done, or nothing to do
+  1  internal error
+  2  bad input (nothing was sent to the API)
+  3  refused for safety (nothing was changed)
+  4  Kubernetes API error: unreachable, unauthorized, forbidden (the denied verb and resource are named)
+  5  timed out waiting for the cluster
+With several claims, the status is the highest of theirs.
+
+Script-compatible setting: --in-use force --delete-retained-pv --strip-all-finalizers";
+
+/// Lets `helm upgrade` change a PersistentVolumeClaim's storage class: deletes the claim (and
+/// handles its volume by its reclaim policy) when its class differs from the desired one, so the
+/// chart can recreate it.
+#[derive(Debug, Parser)]
+#[command(name = "storageclass-migrate", version, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Claim name, or several separated by commas
+    #[arg(long = "pvc", env = "PVC_NAME", value_name = "NAME[,NAME...]")]
+    pub pvc: Option<String>,
+
+    /// Label selector picking claims, e.g. app=db,tier in (a,b)
+    #[arg(long, short = 'l', env = "PVC_SELECTOR", value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Namespace of the claims [default: the service account's, else the kubeconfig context's]
+    #[arg(long, short = 'n', env = "PVC_NAMESPACE", value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Desired storage class: a name, empty for the cluster default, '-' for no class
+    #[arg(
+        long = "storage-class",
+        env = "DESIRED_STORAGECLASS",
+        value_name = "CLASS"
+    )]
+    pub storage_class: Option<String>,
+
+    /// What to do when scheduled pods use a claim
+    #[arg(long = "in-use", env = "IN_USE_POLICY", value_name = "POLICY", value_enum, default_value_t = InUsePolicy::Evict)]
+    pub in_use: InUsePolicy,
+
+    /// Delete a volume whose reclaim policy is Retain (its data is otherwise kept for recovery)
+    #[arg(long, env = "DELETE_RETAINED_PV", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub delete_retained_pv: bool,
+
+    /// Strip every finalizer of the claim and its volume, as the kubectl script does (may leak the backing volume)
+    #[arg(long, env = "STRIP_ALL_FINALIZERS", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub strip_all_finalizers: bool,
+
+    /// Only read and print the plan; deletes and patches are sent with server-side dry run
+    #[arg(long, env = "DRY_RUN", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub dry_run: bool,
+
+    /// Longest wait for each step (claim gone, volume gone), e.g. 60s, 2m
+    #[arg(long, env = "WAIT_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    /// Path to a kubeconfig [default: $KUBECONFIG, ~/.kube/config, else in-cluster]
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig context to use [default: the current context]
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// Log format on stderr; filter with RUST_LOG
+    #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// File that receives the summary for `kubectl describe pod` (best effort, at most 4 KiB)
+    #[arg(
+        long,
+        env = "TERMINATION_LOG",
+        value_name = "PATH",
+        default_value = "/dev/termination-log"
+    )]
+    pub termination_log: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InUsePolicy {
+    /// Delete the claim, then evict the pods (PodDisruptionBudgets apply) and wait for the claim to go
+    Evict,
+    /// Delete the claim and strip kubernetes.io/pvc-protection while pods still mount it
+    Force,
+    /// Refuse, changing nothing
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let parsed = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(value)
+            .map_err(|e| format!("expected a positive duration such as 60s or 2m ({e})"))?,
+    };
+    if parsed.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(parsed)
+}
+
+/// How to act on the claims that need migrating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policies {
+    pub in_use: InUsePolicy,
+    pub delete_retained_pv: bool,
+    pub strip_all_finalizers: bool,
+}
+
+/// Where to find the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// Settings after validation: every name is known to be well-formed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub names: Vec<String>,
+    pub selector: Option<String>,
+    pub namespace: Option<String>,
+    pub desired: Desired,
+    pub policies: Policies,
+    pub dry_run: bool,
+    pub timeout: Duration,
+    pub connection: Connection,
+}
+
+impl Args {
+    pub fn config(&self) -> Result<Config, Error> {
+        let names = split_names(self.pvc.as_deref())?;
+        let selector = non_empty(self.selector.as_deref());
+        if let Some(selector) = &selector {
+            validate::label_selector(selector).map_err(Error::Input)?;
+        }
+        if names.is_empty() && selector.is_none() {
+            return Err(Error::Input(
+                "no claim given: set PVC_NAME (or --pvc) or PVC_SELECTOR (or --selector)".into(),
+            ));
+        }
+        let namespace = non_empty(self.namespace.as_deref());
+        if let Some(namespace) = &namespace {
+            validate::dns_label("namespace", namespace).map_err(Error::Input)?;
+        }
+        let desired = Desired::parse(self.storage_class.as_deref());
+        if let Desired::Named(class) = &desired {
+            validate::dns_subdomain("storage class", class).map_err(Error::Input)?;
+        }
+        if let Some(context) = &self.context
+            && context.trim().is_empty()
+        {
+            return Err(Error::Input("--context must not be empty".into()));
+        }
+        Ok(Config {
+            names,
+            selector,
+            namespace,
+            desired,
+            policies: Policies {
+                in_use: self.in_use,
+                delete_retained_pv: self.delete_retained_pv,
+                strip_all_finalizers: self.strip_all_finalizers,
+            },
+            dry_run: self.dry_run,
+            timeout: self.timeout,
+            connection: Connection {
+                kubeconfig: self.kubeconfig.clone(),
+                context: self.context.clone(),
+            },
+        })
+    }
+}
+
+fn non_empty(value: Option<&str>) -> Option<String> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+fn split_names(value: Option<&str>) -> Result<Vec<String>, Error> {
+    let Some(value) = non_empty(value) else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        if name.is_empty() {
+            return Err(Error::Input(format!(
+                "claim list {value:?} has an empty name"
+            )));
+        }
+        validate::dns_subdomain("claim name", name).map_err(Error::Input)?;
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("storageclass-migrate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn names_are_split_trimmed_and_deduplicated() {
+        let config = parse(&["--pvc", "a, b,a", "--storage-class", "fast"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(config.names, ["a", "b"]);
+        assert_eq!(config.desired, Desired::Named("fast".into()));
+    }
+
+    #[test]
+    fn bad_names_are_input_errors() {
+        for pvc in ["a,,b", "Data", "a_b"] {
+            let error = parse(&["--pvc", pvc]).unwrap().config().unwrap_err();
+            assert!(matches!(error, Error::Input(_)), "{pvc}: {error}");
+        }
+        let error = parse(&["--pvc", "a", "-n", "Bad"])
+            .unwrap()
+            .config()
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("namespace \"Bad\""),
+            "{error}"
+        );
+        let error = parse(&["--pvc", "a", "--storage-class", "no_such"])
+            .unwrap()
+            .config()
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("storage class \"no_such\""),
+            "{error}"
+        );
+        let error = parse(&["--selector", "app in x"])
+            .unwrap()
+            .config()
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("invalid label selector"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_claim_or_selector_is_required() {
+        let error = parse(&[]).unwrap().config().unwrap_err();
+        assert!(error.to_string().starts_with("no claim given"), "{error}");
+        assert!(parse(&["-l", "app=db"]).unwrap().config().is_ok());
+    }
+
+    #[test]
+    fn desired_class_forms() {
+        let desired = |v: &[&str]| {
+            parse(&[&["--pvc", "a"], v].concat())
+                .unwrap()
+                .config()
+                .unwrap()
+                .desired
+        };
+        assert_eq!(desired(&[]), Desired::Default);
+        assert_eq!(desired(&["--storage-class", ""]), Desired::Default);
+        assert_eq!(desired(&["--storage-class", "-"]), Desired::NoClass);
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(
+            parse(&["--timeout", "90"]).unwrap().timeout,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse(&["--timeout", "2m"]).unwrap().timeout,
+            Duration::from_secs(120)
+        );
+        for bad in ["-5s", "0", "soon", "0s"] {
+            assert!(parse(&["--timeout", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn boolean_flags_take_values() {
+        let args = parse(&[
+            "--dry-run",
+            "--delete-retained-pv=false",
+            "--strip-all-finalizers=yes",
+        ])
+        .unwrap();
+        assert!(args.dry_run);
+        assert!(!args.delete_retained_pv);
+        assert!(args.strip_all_finalizers);
+    }
+
+    #[test]
+    fn policies() {
+        assert_eq!(parse(&[]).unwrap().in_use, InUsePolicy::Evict);
+        assert_eq!(
+            parse(&["--in-use", "fail"]).unwrap().in_use,
+            InUsePolicy::Fail
+        );
+        assert!(parse(&["--in-use", "later"]).is_err());
+    }
+}
