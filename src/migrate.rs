@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::Eviction;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta};
 use k8s_openapi::serde::de::DeserializeOwned;
-use kube::api::{
-    DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, Preconditions,
-};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::OnceCell;
@@ -277,19 +277,30 @@ fn delete_params(uid: &str, dry_run: bool) -> DeleteParams {
     }
 }
 
+/// Evicts through the Eviction API, so PodDisruptionBudgets apply. The body is written here
+/// because kube's `Api::evict` sends its delete options under a key the API ignores.
 async fn evict(ctx: &Context, pod: &str, dry_run: bool) -> Result<(), Error> {
-    let params = EvictParams {
-        delete_options: Some(DeleteParams {
-            dry_run,
-            ..Default::default()
-        }),
-        post_options: PostParams {
-            dry_run,
+    let eviction = Eviction {
+        metadata: ObjectMeta {
+            name: Some(pod.to_owned()),
+            namespace: Some(ctx.namespace.clone()),
             ..Default::default()
         },
+        delete_options: dry_run.then(|| DeleteOptions {
+            dry_run: Some(vec!["All".to_owned()]),
+            ..Default::default()
+        }),
+    };
+    let params = PostParams {
+        dry_run,
+        ..Default::default()
     };
     info!(pod, dry_run, "evicting pod");
-    match ctx.pods.evict(pod, &params).await {
+    let evicted: Result<kube::core::Status, _> = ctx
+        .pods
+        .create_subresource("eviction", pod, &params, &eviction)
+        .await;
+    match evicted {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
         Err(e) => Err(Error::api(

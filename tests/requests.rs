@@ -1,0 +1,541 @@
+//! The exact requests a run sends, against a mock API server: methods, paths, queries such as
+//! dryRun, delete preconditions and patch bodies. Behaviour on a real control plane is covered by
+//! the control-plane tests; these pin the wire format.
+
+use std::time::Duration;
+
+use clap::Parser;
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use storageclass_migrate::summary::Outcome;
+use storageclass_migrate::{Args, ExitStatus, run};
+
+const CLAIM: &str = "/api/v1/namespaces/apps/persistentvolumeclaims/data";
+const CLAIM_WATCH: &str =
+    "/api/v1/namespaces/apps/persistentvolumeclaims?&fieldSelector=metadata.name%3Ddata&limit=500";
+const VOLUME: &str = "/api/v1/persistentvolumes/pv-1";
+const VOLUME_WATCH: &str =
+    "/api/v1/persistentvolumes?&fieldSelector=metadata.name%3Dpv-1&limit=500";
+const PODS: &str = "/api/v1/namespaces/apps/pods?";
+
+struct Expect {
+    method: &'static str,
+    uri: String,
+    body: Option<Value>,
+    content_type: Option<&'static str>,
+    status: u16,
+    response: Value,
+}
+
+fn expect(method: &'static str, uri: &str, status: u16, response: Value) -> Expect {
+    Expect {
+        method,
+        uri: uri.to_owned(),
+        body: None,
+        content_type: None,
+        status,
+        response,
+    }
+}
+
+impl Expect {
+    fn body(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    fn content_type(mut self, content_type: &'static str) -> Self {
+        self.content_type = Some(content_type);
+        self
+    }
+}
+
+/// `expected` is contained in `actual`: every key it names has the same value.
+fn contains(actual: &Value, expected: &Value) -> bool {
+    match (actual, expected) {
+        (Value::Object(a), Value::Object(e)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| contains(av, v))),
+        _ => actual == expected,
+    }
+}
+
+async fn run_against(args: &[&str], expects: Vec<Expect>) -> Vec<Outcome> {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "apps");
+    let server = tokio::spawn(async move {
+        for (i, e) in expects.into_iter().enumerate() {
+            let (request, send) = handle.next_request().await.expect("a request");
+            assert_eq!(
+                request.method().as_str(),
+                e.method,
+                "request {i}: {}",
+                request.uri()
+            );
+            assert_eq!(request.uri().to_string(), e.uri, "request {i}");
+            if let Some(content_type) = e.content_type {
+                assert_eq!(
+                    request.headers()["content-type"],
+                    content_type,
+                    "request {i}"
+                );
+            }
+            let body = request.into_body().collect_bytes().await.unwrap();
+            if let Some(expected) = &e.body {
+                let actual: Value = serde_json::from_slice(&body).unwrap();
+                assert!(
+                    contains(&actual, expected),
+                    "request {i} body {actual} lacks {expected}"
+                );
+            }
+            let response = Response::builder()
+                .status(e.status)
+                .body(Body::from(serde_json::to_vec(&e.response).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        }
+    });
+    let argv = [
+        "storageclass-migrate",
+        "--namespace",
+        "apps",
+        "--pvc",
+        "data",
+        "--timeout",
+        "5s",
+    ];
+    let config = Args::try_parse_from(argv.iter().chain(args))
+        .unwrap()
+        .config()
+        .unwrap();
+    let outcomes = tokio::time::timeout(Duration::from_secs(10), run::run(client, &config))
+        .await
+        .expect("run finished")
+        .expect("run succeeded");
+    server.await.expect("every expected request was made");
+    outcomes
+}
+
+fn claim(class: &str, volume: Option<&str>, finalizers: &[&str]) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "namespace": "apps", "uid": "claim-uid", "resourceVersion": "7", "finalizers": finalizers},
+        "spec": {"storageClassName": class, "volumeName": volume, "accessModes": ["ReadWriteOnce"]},
+    })
+}
+
+fn deleting(mut claim: Value) -> Value {
+    claim["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    claim["metadata"]["resourceVersion"] = json!("8");
+    claim
+}
+
+fn volume(policy: &str, finalizers: &[&str]) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": "pv-1", "uid": "pv-uid", "resourceVersion": "3", "finalizers": finalizers},
+        "spec": {
+            "persistentVolumeReclaimPolicy": policy, "storageClassName": "a",
+            "claimRef": {"namespace": "apps", "name": "data", "uid": "claim-uid"},
+        },
+        "status": {"phase": "Bound"},
+    })
+}
+
+fn class(name: &str, default: bool, created: &str) -> Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": name, "creationTimestamp": created,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": default.to_string()}},
+        "provisioner": "example.com/none",
+    })
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "10"}, "items": items})
+}
+
+fn pod(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x"}],
+            "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]},
+    })
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason, "message": reason})
+}
+
+fn delete_body(uid: &str) -> Value {
+    json!({"propagationPolicy": "Background", "preconditions": {"uid": uid}})
+}
+
+#[tokio::test]
+async fn absent_claim_takes_one_request() {
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![expect("GET", CLAIM, 404, status(404, "NotFound"))],
+    )
+    .await;
+    assert_eq!(outcomes[0].line, "apps/data: nothing to do: claim absent");
+    assert_eq!(outcomes[0].status, ExitStatus::Ok);
+}
+
+#[tokio::test]
+async fn claim_on_desired_class_takes_one_request() {
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![expect("GET", CLAIM, 200, claim("b", Some("pv-1"), &[]))],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0].line,
+        "apps/data: nothing to do: already on the desired class"
+    );
+}
+
+#[tokio::test]
+async fn default_class_is_listed_and_newest_wins() {
+    let classes = list(
+        "StorageClassList",
+        vec![
+            class("old", true, "2026-01-01T00:00:00Z"),
+            class("a", true, "2026-02-01T00:00:00Z"),
+            class("b", false, "2026-03-01T00:00:00Z"),
+        ],
+    );
+    let outcomes = run_against(
+        &[],
+        vec![
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses?",
+                200,
+                classes,
+            ),
+            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0].line,
+        "apps/data: nothing to do: already on the desired class"
+    );
+}
+
+#[tokio::test]
+async fn retained_volume_deleted_on_request_with_uid_preconditions() {
+    let outcomes = run_against(
+        &["--storage-class", "b", "--delete-retained-pv"],
+        vec![
+            expect(
+                "GET",
+                CLAIM,
+                200,
+                claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"]),
+            ),
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses/b",
+                200,
+                class("b", false, "2026-01-01T00:00:00Z"),
+            ),
+            expect(
+                "GET",
+                VOLUME,
+                200,
+                volume("Retain", &["kubernetes.io/pv-protection"]),
+            ),
+            expect("GET", PODS, 200, list("PodList", vec![])),
+            expect(
+                "DELETE",
+                &format!("{CLAIM}?"),
+                200,
+                deleting(claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"])),
+            )
+            .body(delete_body("claim-uid")),
+            expect(
+                "GET",
+                CLAIM_WATCH,
+                200,
+                list("PersistentVolumeClaimList", vec![]),
+            ),
+            expect("DELETE", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
+                .body(delete_body("pv-uid")),
+            expect(
+                "GET",
+                VOLUME_WATCH,
+                200,
+                list("PersistentVolumeList", vec![]),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Ok, "{}", outcomes[0].line);
+    assert_eq!(
+        outcomes[0].line,
+        "apps/data: migrated to class \"b\": found class \"a\", bound to PV pv-1 (Retain); done: claim deleted, claim gone, PV pv-1 (Retain) deleted"
+    );
+}
+
+#[tokio::test]
+async fn retained_volume_is_kept_and_named() {
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![
+            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses/b",
+                200,
+                class("b", false, "2026-01-01T00:00:00Z"),
+            ),
+            expect("GET", VOLUME, 200, volume("Retain", &[])),
+            expect("GET", PODS, 200, list("PodList", vec![])),
+            expect(
+                "DELETE",
+                &format!("{CLAIM}?"),
+                200,
+                deleting(claim("a", Some("pv-1"), &[])),
+            ),
+            expect(
+                "GET",
+                CLAIM_WATCH,
+                200,
+                list("PersistentVolumeClaimList", vec![]),
+            ),
+        ],
+    )
+    .await;
+    assert!(
+        outcomes[0]
+            .line
+            .ends_with("left: PV pv-1 (Retain) with the old data"),
+        "{}",
+        outcomes[0].line
+    );
+}
+
+#[tokio::test]
+async fn dry_run_sends_deletes_and_evictions_with_dry_run_all() {
+    let outcomes = run_against(
+        &["--storage-class", "b", "--dry-run", "--delete-retained-pv"],
+        vec![
+            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+            expect("GET", "/apis/storage.k8s.io/v1/storageclasses/b", 200, class("b", false, "2026-01-01T00:00:00Z")),
+            expect("GET", VOLUME, 200, volume("Retain", &[])),
+            expect("GET", PODS, 200, list("PodList", vec![pod("web-0")])),
+            expect("DELETE", &format!("{CLAIM}?"), 200, deleting(claim("a", Some("pv-1"), &[])))
+                .body(json!({"dryRun": ["All"], "preconditions": {"uid": "claim-uid"}})),
+            expect("POST", "/api/v1/namespaces/apps/pods/web-0/eviction?&dryRun=All", 201, status(201, "Created"))
+                .body(json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-0", "namespace": "apps"}, "deleteOptions": {"dryRun": ["All"]}})),
+            expect("DELETE", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
+                .body(json!({"dryRun": ["All"], "preconditions": {"uid": "pv-uid"}})),
+        ],
+    )
+    .await;
+    assert!(
+        outcomes[0]
+            .line
+            .starts_with("apps/data: dry run, would migrate to class \"b\""),
+        "{}",
+        outcomes[0].line
+    );
+}
+
+#[tokio::test]
+async fn force_strips_pvc_protection_with_a_resource_version_merge_patch_and_retries_a_conflict() {
+    let finalizers = ["kubernetes.io/pvc-protection", "example.com/keep"];
+    let deleted = deleting(claim("a", None, &finalizers));
+    let patch =
+        || json!({"metadata": {"finalizers": ["example.com/keep"], "resourceVersion": "8"}});
+    let outcomes = run_against(
+        &["--storage-class", "b", "--in-use", "force"],
+        vec![
+            expect("GET", CLAIM, 200, claim("a", None, &finalizers)),
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses/b",
+                200,
+                class("b", false, "2026-01-01T00:00:00Z"),
+            ),
+            expect("GET", PODS, 200, list("PodList", vec![pod("web-0")])),
+            expect("DELETE", &format!("{CLAIM}?"), 200, deleted.clone()),
+            expect("GET", CLAIM, 200, deleted.clone()),
+            expect("PATCH", &format!("{CLAIM}?"), 409, status(409, "Conflict"))
+                .body(patch())
+                .content_type("application/merge-patch+json"),
+            expect("GET", CLAIM, 200, deleted.clone()),
+            expect("PATCH", &format!("{CLAIM}?"), 200, deleted.clone()).body(patch()),
+            expect(
+                "GET",
+                CLAIM_WATCH,
+                200,
+                list("PersistentVolumeClaimList", vec![]),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Ok, "{}", outcomes[0].line);
+    assert!(
+        outcomes[0]
+            .line
+            .contains("stripped claim finalizers kubernetes.io/pvc-protection"),
+        "{}",
+        outcomes[0].line
+    );
+}
+
+#[tokio::test]
+async fn evict_deletes_the_claim_first_then_posts_evictions() {
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![
+            expect(
+                "GET",
+                CLAIM,
+                200,
+                claim("a", None, &["kubernetes.io/pvc-protection"]),
+            ),
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses/b",
+                200,
+                class("b", false, "2026-01-01T00:00:00Z"),
+            ),
+            expect("GET", PODS, 200, list("PodList", vec![pod("web-0")])),
+            expect(
+                "DELETE",
+                &format!("{CLAIM}?"),
+                200,
+                deleting(claim("a", None, &["kubernetes.io/pvc-protection"])),
+            ),
+            expect(
+                "POST",
+                "/api/v1/namespaces/apps/pods/web-0/eviction?",
+                201,
+                status(201, "Created"),
+            )
+            .body(json!({"kind": "Eviction", "metadata": {"name": "web-0", "namespace": "apps"}})),
+            expect(
+                "GET",
+                CLAIM_WATCH,
+                200,
+                list("PersistentVolumeClaimList", vec![]),
+            ),
+        ],
+    )
+    .await;
+    assert!(
+        outcomes[0]
+            .line
+            .contains("done: claim deleted, evicted pod web-0, claim gone"),
+        "{}",
+        outcomes[0].line
+    );
+}
+
+#[tokio::test]
+async fn replaced_claim_is_refused_on_uid_precondition() {
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![
+            expect("GET", CLAIM, 200, claim("a", None, &[])),
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses/b",
+                200,
+                class("b", false, "2026-01-01T00:00:00Z"),
+            ),
+            expect("GET", PODS, 200, list("PodList", vec![])),
+            expect("DELETE", &format!("{CLAIM}?"), 409, status(409, "Conflict")),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    assert!(
+        outcomes[0]
+            .line
+            .starts_with("apps/data: refused, nothing changed: the claim was replaced"),
+        "{}",
+        outcomes[0].line
+    );
+}
+
+#[tokio::test]
+async fn forbidden_names_the_verb_and_resource() {
+    let forbidden = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
+        "message": "persistentvolumeclaims \"data\" is forbidden: User \"system:serviceaccount:apps:hook\" cannot delete resource \"persistentvolumeclaims\" in API group \"\" in the namespace \"apps\""});
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![
+            expect("GET", CLAIM, 200, claim("a", None, &[])),
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses/b",
+                200,
+                class("b", false, "2026-01-01T00:00:00Z"),
+            ),
+            expect("GET", PODS, 200, list("PodList", vec![])),
+            expect("DELETE", &format!("{CLAIM}?"), 403, forbidden),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Api);
+    assert!(
+        outcomes[0].line.contains(
+            "delete persistentvolumeclaims \"data\" in namespace \"apps\": HTTP 403 Forbidden: "
+        ),
+        "{}",
+        outcomes[0].line
+    );
+}
+
+#[tokio::test]
+async fn missing_target_class_is_refused_before_any_change() {
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![
+            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses/b",
+                404,
+                status(404, "NotFound"),
+            ),
+            expect("GET", VOLUME, 200, volume("Delete", &[])),
+            expect("GET", PODS, 200, list("PodList", vec![])),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    assert!(
+        outcomes[0]
+            .line
+            .contains("StorageClass \"b\" does not exist"),
+        "{}",
+        outcomes[0].line
+    );
+}
+
+#[tokio::test]
+async fn selector_lists_claims_by_label() {
+    let outcomes = run_against(
+        &["--selector", "app=db", "--storage-class", "b"],
+        vec![
+            expect(
+                "GET",
+                "/api/v1/namespaces/apps/persistentvolumeclaims?&labelSelector=app%3Ddb",
+                200,
+                list("PersistentVolumeClaimList", vec![claim("b", None, &[])]),
+            ),
+            expect("GET", CLAIM, 200, claim("b", None, &[])),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes.len(), 1);
+}
