@@ -140,7 +140,8 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<String
     };
     let plan = decision::plan(facts, ctx.policies).map_err(|r| Error::Refused(r.to_string()))?;
     describe(&plan, report);
-    info!(from = %plan.from, to = %target, plan = ?plan, "claim needs migrating");
+    info!(to = %target, "claim needs migrating: {}", report.line("plan"));
+    tracing::debug!(?plan);
 
     if ctx.dry_run {
         dry_run(ctx, &plan, report).await?;
