@@ -13,6 +13,10 @@ use crate::config::{InUsePolicy, Policies};
 /// pod uses the claim.
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 
+/// Put on a volume, with the claim's `namespace/name`, before a claim whose volume is to be
+/// deleted is itself deleted: a run interrupted after the claim went finds the volume by it.
+pub const DELETE_AFTER_CLAIM: &str = "storageclass-migrate/delete-after-claim";
+
 /// Why a claim needs nothing done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Nothing {
@@ -157,6 +161,9 @@ pub enum VolumeStep {
 pub struct VolumePlan {
     pub name: String,
     pub uid: String,
+    /// The uid of the claim its claimRef named when it was read; it is touched only while that
+    /// still holds.
+    pub claim_uid: String,
     pub reclaim_policy: String,
     pub action: VolumeAction,
     /// Finalizers to strip before deleting it (`--strip-all-finalizers` only).
@@ -261,15 +268,13 @@ fn volume_step(facts: Facts<'_>, policies: Policies) -> Result<VolumeStep, Refus
             name: name.to_owned(),
         });
     };
-    let claim_ref = volume.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-    let owned = claim_ref.is_some_and(|r| {
-        r.namespace.as_deref() == claim.namespace().as_deref()
-            && r.name.as_deref() == Some(claim.name_any().as_str())
-            && r.uid.is_some()
-            && r.uid == claim.uid()
-    });
-    if !owned {
-        let owner = claim_ref
+    let namespace = claim.namespace().unwrap_or_default();
+    let claim_uid = claim.uid().unwrap_or_default();
+    if !owned_by(volume, &namespace, &claim.name_any(), &claim_uid) {
+        let owner = volume
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
             .map(|r| {
                 format!(
                     "claim {}/{} (uid {})",
@@ -284,6 +289,26 @@ fn volume_step(facts: Facts<'_>, policies: Policies) -> Result<VolumeStep, Refus
             owner,
         });
     }
+    Ok(VolumeStep::Handle(volume_plan(
+        volume, &claim_uid, policies,
+    )))
+}
+
+/// Whether the volume's claimRef names this claim: namespace, name and uid.
+pub fn owned_by(volume: &PersistentVolume, namespace: &str, name: &str, claim_uid: &str) -> bool {
+    volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref())
+        .is_some_and(|r| {
+            r.namespace.as_deref() == Some(namespace)
+                && r.name.as_deref() == Some(name)
+                && !claim_uid.is_empty()
+                && r.uid.as_deref() == Some(claim_uid)
+        })
+}
+
+fn volume_plan(volume: &PersistentVolume, claim_uid: &str, policies: Policies) -> VolumePlan {
     let reclaim_policy = volume
         .spec
         .as_ref()
@@ -300,13 +325,41 @@ fn volume_step(facts: Facts<'_>, policies: Policies) -> Result<VolumeStep, Refus
     } else {
         Vec::new()
     };
-    Ok(VolumeStep::Handle(VolumePlan {
+    VolumePlan {
         name: volume.name_any(),
         uid: volume.uid().unwrap_or_default(),
+        claim_uid: claim_uid.to_owned(),
         reclaim_policy,
         action,
         strip,
-    }))
+    }
+}
+
+/// Whether a run may have to delete or strip volumes: only then does it mark them, and only then
+/// does it look for volumes that an interrupted run marked.
+pub fn writes_volumes(policies: Policies) -> bool {
+    policies.delete_retained_pv || policies.strip_all_finalizers
+}
+
+/// Volumes that an interrupted run marked for deletion with this claim (now absent): still
+/// naming the claim in their claimRef and no longer bound. Planned by today's policies.
+pub fn leftovers(
+    namespace: &str,
+    name: &str,
+    volumes: &[PersistentVolume],
+    policies: Policies,
+) -> Vec<VolumePlan> {
+    let mark = format!("{namespace}/{name}");
+    volumes
+        .iter()
+        .filter(|v| v.annotations().get(DELETE_AFTER_CLAIM) == Some(&mark))
+        .filter(|v| v.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
+        .filter_map(|v| {
+            let claim_ref = v.spec.as_ref()?.claim_ref.as_ref()?;
+            let claim_uid = claim_ref.uid.clone().unwrap_or_default();
+            owned_by(v, namespace, name, &claim_uid).then(|| volume_plan(v, &claim_uid, policies))
+        })
+        .collect()
 }
 
 pub fn join<T: fmt::Display>(items: &[T]) -> String {
@@ -768,6 +821,41 @@ mod tests {
             refusal.to_string(),
             "in use by pod web-0 on node node-1 (--in-use fail); stop them or choose --in-use evict"
         );
+    }
+
+    #[test]
+    fn leftovers_are_marked_released_volumes_of_the_claim() {
+        let mut policies = policies(InUsePolicy::Evict);
+        policies.delete_retained_pv = true;
+        let marked = |phase: &str, mark: &str| {
+            let mut pv = volume("Retain", "data", "old-uid", &[]);
+            pv.metadata.annotations =
+                Some([(DELETE_AFTER_CLAIM.to_owned(), mark.to_owned())].into());
+            pv.status = Some(k8s_openapi::api::core::v1::PersistentVolumeStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+            pv
+        };
+        let found = leftovers(NS, "data", &[marked("Released", "apps/data")], policies);
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].action, found[0].claim_uid.as_str()),
+            (VolumeAction::Delete, "old-uid")
+        );
+        assert!(leftovers(NS, "data", &[marked("Bound", "apps/data")], policies).is_empty());
+        assert!(leftovers(NS, "data", &[marked("Released", "apps/other")], policies).is_empty());
+        assert!(
+            leftovers(
+                NS,
+                "data",
+                &[volume("Retain", "data", "old-uid", &[])],
+                policies
+            )
+            .is_empty()
+        );
+        assert!(writes_volumes(policies));
+        assert!(!writes_volumes(super::tests::policies(InUsePolicy::Evict)));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`decision`] decides, from what the API returned, what to do with a claim; [`migrate`] reads
 //! and acts through the API; [`run`] drives every claim of a run.
 
+pub mod api;
 pub mod class;
 pub mod client;
 pub mod config;

@@ -1,10 +1,12 @@
 //! The layer that talks to the API for one claim: reads what the decision layer needs, then
 //! carries out its plan.
 
+use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::Eviction;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta};
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -13,6 +15,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
+use crate::api;
 use crate::class::Target;
 use crate::config::Policies;
 use crate::decision::{
@@ -24,12 +27,16 @@ use crate::wait::{self, Waited};
 
 const CLAIMS: &str = "persistentvolumeclaims";
 const VOLUMES: &str = "persistentvolumes";
+/// Attempts at a read-check-write that the API keeps answering with 409.
+const CONFLICT_ATTEMPTS: usize = 5;
 
 /// What every claim of a run shares.
 pub struct Context {
     pub claims: Api<PersistentVolumeClaim>,
     pub volumes: Api<PersistentVolume>,
     pub pods: Api<Pod>,
+    pub classes: Api<StorageClass>,
+    pub namespaces: Api<Namespace>,
     pub namespace: String,
     /// None: no class desired and the cluster has no default.
     pub target: Option<Target>,
@@ -38,19 +45,41 @@ pub struct Context {
     pub timeout: Duration,
     /// Whether the target class exists, read once and only when a claim needs migrating.
     pub target_exists: OnceCell<bool>,
-    pub classes: Api<k8s_openapi::api::storage::v1::StorageClass>,
 }
 
 impl Context {
+    /// One request; its answer for the caller to match, or a timeout.
+    async fn send<T, F, Fut>(
+        &self,
+        request: &Request,
+        send: F,
+    ) -> Result<Result<T, kube::Error>, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        api::call(self.timeout, request, send).await
+    }
+
+    /// One request whose every failure ends the claim's handling.
+    async fn fetch<T, F, Fut>(&self, request: Request, send: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        self.send(&request, send)
+            .await?
+            .map_err(|e| Error::api(request, e))
+    }
+
     async fn target_exists(&self, target: &Target) -> Result<bool, Error> {
         let Target::Class(name) = target else {
             return Ok(true);
         };
         self.target_exists
             .get_or_try_init(|| async {
-                let class = self.classes.get_opt(name).await;
-                let class = class
-                    .map_err(|e| Error::api(Request::new("get", "storageclasses").name(name), e))?;
+                let request = Request::new("get", "storageclasses").name(name);
+                let class = self.fetch(request, || self.classes.get_opt(name)).await?;
                 Ok(class.is_some())
             })
             .await
@@ -62,6 +91,27 @@ impl Context {
             .name(name)
             .namespace(&self.namespace)
     }
+
+    /// Fails with a bad-input error when the namespace does not exist, so a mistyped namespace
+    /// is not reported as an absent claim. Without the right to read namespaces it cannot tell,
+    /// and says nothing.
+    pub async fn check_namespace(&self) -> Result<(), Error> {
+        let request = Request::new("get", "namespaces").name(&self.namespace);
+        match self
+            .send(&request, || self.namespaces.get_opt(&self.namespace))
+            .await?
+        {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Error::Input(format!(
+                "namespace {:?} does not exist",
+                self.namespace
+            ))),
+            Err(error) => {
+                tracing::debug!(error = %crate::error::describe_kube_error(&error), "cannot check that the namespace exists");
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Handles one claim from first read to summary line; never fails, the outcome carries the error.
@@ -71,18 +121,23 @@ pub async fn migrate(ctx: &Context, name: &str) -> Outcome {
     let result = handle(ctx, name, &mut report).await;
     let (status, line) = match result {
         Ok(line) => (ExitStatus::Ok, line),
-        Err(Error::Refused(reason)) => (
+        Err(Error::Refused(reason)) if !report.changed() => (
             ExitStatus::Refused,
             format!("refused, nothing changed: {reason}"),
         ),
         Err(error) => {
             let result = match &error {
+                Error::Refused(_) => "refused",
                 Error::Timeout { .. } => "timed out",
                 _ => "failed",
             };
+            let message = match &error {
+                Error::Refused(reason) => reason.clone(),
+                other => other.to_string(),
+            };
             (
                 error.exit_status(),
-                format!("{}: {error}", report.line(result)),
+                format!("{}: {message}", report.line(result)),
             )
         }
     };
@@ -101,11 +156,10 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<String
         return Ok(format!("nothing to do: {}", Nothing::NoDefaultClass));
     };
     let claim = ctx
-        .claims
-        .get_opt(name)
-        .await
-        .map_err(|e| Error::api(ctx.claim_request("get", name), e))?;
+        .fetch(ctx.claim_request("get", name), || ctx.claims.get_opt(name))
+        .await?;
     let resume = match decision::triage(claim.as_ref(), target) {
+        Triage::Nothing(Nothing::Absent) => return absent(ctx, name, report).await,
         Triage::Nothing(reason) => return Ok(format!("nothing to do: {reason}")),
         Triage::Migrate { resume } => resume,
     };
@@ -118,19 +172,15 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<String
 
     let target_exists = ctx.target_exists(target).await?;
     let volume = match decision::claim_volume(&claim) {
-        Some(volume) => ctx
-            .volumes
-            .get_opt(volume)
-            .await
-            .map_err(|e| Error::api(Request::new("get", VOLUMES).name(volume), e))?,
+        Some(volume) => {
+            let request = Request::new("get", VOLUMES).name(volume);
+            ctx.fetch(request, || ctx.volumes.get_opt(volume)).await?
+        }
         None => None,
     };
-    let pods = ctx
-        .pods
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::api(Request::new("list", "pods").namespace(&ctx.namespace), e))?
-        .items;
+    let request = Request::new("list", "pods").namespace(&ctx.namespace);
+    let all = ListParams::default();
+    let pods = ctx.fetch(request, || ctx.pods.list(&all)).await?.items;
     let facts = Facts {
         claim: &claim,
         volume: volume.as_ref(),
@@ -149,6 +199,41 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<String
     }
     execute(ctx, plan, report).await?;
     Ok(report.line(&format!("migrated to {target}")))
+}
+
+/// No claim. In a run that deletes volumes, a volume marked by an interrupted run is finished.
+async fn absent(ctx: &Context, name: &str, report: &mut Report) -> Result<String, Error> {
+    ctx.check_namespace().await?;
+    if !decision::writes_volumes(ctx.policies) {
+        return Ok(format!("nothing to do: {}", Nothing::Absent));
+    }
+    let request = Request::new("list", VOLUMES);
+    let all = ListParams::default();
+    let volumes = ctx.fetch(request, || ctx.volumes.list(&all)).await?.items;
+    let leftovers = decision::leftovers(&ctx.namespace, name, &volumes, ctx.policies);
+    if leftovers.is_empty() {
+        return Ok(format!("nothing to do: {}", Nothing::Absent));
+    }
+    report.found("claim absent");
+    for volume in &leftovers {
+        report.found(format!(
+            "PV {} ({}) left by an interrupted run",
+            volume.name, volume.reclaim_policy
+        ));
+    }
+    for volume in &leftovers {
+        if ctx.dry_run {
+            dry_run_volume(ctx, name, volume, report).await?;
+        } else {
+            handle_volume(ctx, name, volume, report).await?;
+        }
+    }
+    let result = if ctx.dry_run {
+        "dry run, would finish an interrupted migration"
+    } else {
+        "finished an interrupted migration"
+    };
+    Ok(report.line(result))
 }
 
 fn describe(plan: &Plan, report: &mut Report) {
@@ -176,47 +261,54 @@ fn describe(plan: &Plan, report: &mut Report) {
 async fn dry_run(ctx: &Context, plan: &Plan, report: &mut Report) -> Result<(), Error> {
     if !plan.resume {
         delete_claim(ctx, plan, true).await?;
-        report.done("claim delete accepted (dry run)");
+        report.would("claim delete accepted (dry run)");
     }
     if !plan.strip_claim.is_empty() {
-        remove_finalizers(
-            &ctx.claims,
-            &plan.claim,
-            &plan.uid,
-            &plan.strip_claim,
-            true,
-            ctx.claim_request("patch", &plan.claim),
-        )
-        .await?;
-        report.done(format!(
+        strip_claim(ctx, plan, true).await?;
+        report.would(format!(
             "claim finalizers {} would be stripped",
             plan.strip_claim.join(" ")
         ));
     }
     for pod in &plan.evict {
         evict(ctx, pod, true).await?;
-        report.done(format!("pod {pod} would be evicted"));
+        report.would(format!("pod {pod} would be evicted"));
     }
     if let VolumeStep::Handle(volume) = &plan.volume {
-        match volume.action {
-            VolumeAction::Delete => {
-                delete_volume(ctx, volume, true).await?;
-                report.done(format!("PV {} delete accepted (dry run)", volume.name));
-            }
-            VolumeAction::Keep => report.left(format!(
-                "PV {} ({}) would be kept",
-                volume.name, volume.reclaim_policy
-            )),
-            VolumeAction::AwaitReclaim => report.left(format!(
-                "PV {} would be deleted by its provisioner",
-                volume.name
-            )),
+        dry_run_volume(ctx, &plan.claim, volume, report).await?;
+    }
+    Ok(())
+}
+
+async fn dry_run_volume(
+    ctx: &Context,
+    claim: &str,
+    volume: &VolumePlan,
+    report: &mut Report,
+) -> Result<(), Error> {
+    match volume.action {
+        VolumeAction::Delete => {
+            delete_volume(ctx, claim, volume, true).await?;
+            report.would(format!("PV {} delete accepted (dry run)", volume.name));
         }
+        VolumeAction::Keep => report.left(format!(
+            "PV {} ({}) would be kept",
+            volume.name, volume.reclaim_policy
+        )),
+        VolumeAction::AwaitReclaim => report.left(format!(
+            "PV {} would be deleted by its provisioner",
+            volume.name
+        )),
     }
     Ok(())
 }
 
 async fn execute(ctx: &Context, plan: Plan, report: &mut Report) -> Result<(), Error> {
+    if let VolumeStep::Handle(volume) = &plan.volume
+        && volume.action == VolumeAction::Delete
+    {
+        mark_volume(ctx, &plan.claim, volume).await?;
+    }
     if !plan.resume {
         delete_claim(ctx, &plan, false).await?;
         report.done("claim deleted");
@@ -225,15 +317,7 @@ async fn execute(ctx: &Context, plan: Plan, report: &mut Report) -> Result<(), E
         if !plan.users.is_empty() {
             warn!(pods = %join(&plan.users), "stripping {} while pods still mount the claim (--in-use force)", decision::PVC_PROTECTION);
         }
-        remove_finalizers(
-            &ctx.claims,
-            &plan.claim,
-            &plan.uid,
-            &plan.strip_claim,
-            false,
-            ctx.claim_request("patch", &plan.claim),
-        )
-        .await?;
+        strip_claim(ctx, &plan, false).await?;
         report.done(format!(
             "stripped claim finalizers {}",
             plan.strip_claim.join(" ")
@@ -246,36 +330,81 @@ async fn execute(ctx: &Context, plan: Plan, report: &mut Report) -> Result<(), E
     await_claim_gone(ctx, &plan).await?;
     report.done("claim gone");
 
-    match plan.volume {
-        VolumeStep::Unbound => {}
-        VolumeStep::Gone { .. } => {}
-        VolumeStep::Handle(volume) => handle_volume(ctx, &volume, report).await?,
+    if let VolumeStep::Handle(volume) = &plan.volume {
+        handle_volume(ctx, &plan.claim, volume, report).await?;
     }
     Ok(())
 }
 
+/// Marks the volume as to be deleted with the claim, before the claim is deleted: a run
+/// interrupted once the claim is gone leaves this mark for the next run to find.
+async fn mark_volume(ctx: &Context, claim: &str, volume: &VolumePlan) -> Result<(), Error> {
+    let patch = json!({"metadata": {
+        "uid": volume.uid,
+        "annotations": {decision::DELETE_AFTER_CLAIM: format!("{}/{claim}", ctx.namespace)},
+    }});
+    let request = Request::new("patch", VOLUMES).name(&volume.name);
+    let params = PatchParams::default();
+    let patch = Patch::Merge(&patch);
+    match ctx
+        .send(&request, || {
+            ctx.volumes.patch(&volume.name, &params, &patch)
+        })
+        .await?
+    {
+        Ok(_) => Ok(()),
+        // Gone or replaced (another uid): nothing to mark; deleting it is checked again later.
+        Err(kube::Error::Api(status))
+            if status.is_not_found() || status.is_conflict() || status.is_invalid() =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(Error::api(request, e)),
+    }
+}
+
 async fn delete_claim(ctx: &Context, plan: &Plan, dry_run: bool) -> Result<(), Error> {
-    let params = delete_params(&plan.uid, dry_run);
-    match ctx.claims.delete(&plan.claim, &params).await {
+    let params = delete_params(&plan.uid, None, dry_run);
+    let request = ctx.claim_request("delete", &plan.claim);
+    match ctx
+        .send(&request, || ctx.claims.delete(&plan.claim, &params))
+        .await?
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
         Err(kube::Error::Api(status)) if status.is_conflict() => Err(Error::Refused(format!(
             "the claim was replaced after it was read (uid {} is gone); the new claim is not deleted, run again to evaluate it",
             plan.uid
         ))),
-        Err(e) => Err(Error::api(ctx.claim_request("delete", &plan.claim), e)),
+        Err(e) => Err(Error::api(request, e)),
     }
 }
 
-fn delete_params(uid: &str, dry_run: bool) -> DeleteParams {
+fn delete_params(uid: &str, resource_version: Option<String>, dry_run: bool) -> DeleteParams {
     DeleteParams {
         dry_run,
         preconditions: Some(Preconditions {
             uid: Some(uid.to_owned()),
-            resource_version: None,
+            resource_version,
         }),
         ..DeleteParams::background()
     }
+}
+
+async fn strip_claim(ctx: &Context, plan: &Plan, dry_run: bool) -> Result<(), Error> {
+    let request = ctx.claim_request("patch", &plan.claim);
+    let ours = |claim: &PersistentVolumeClaim| claim.uid().as_deref() == Some(plan.uid.as_str());
+    remove_finalizers(
+        ctx,
+        &ctx.claims,
+        &plan.claim,
+        &plan.strip_claim,
+        dry_run,
+        request,
+        ours,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Evicts through the Eviction API, so PodDisruptionBudgets apply. The body is written here
@@ -297,19 +426,19 @@ async fn evict(ctx: &Context, pod: &str, dry_run: bool) -> Result<(), Error> {
         ..Default::default()
     };
     info!(pod, dry_run, "evicting pod");
-    let evicted: Result<kube::core::Status, _> = ctx
-        .pods
-        .create_subresource("eviction", pod, &params, &eviction)
-        .await;
+    let request = Request::new("create", "pods/eviction")
+        .name(pod)
+        .namespace(&ctx.namespace);
+    let evicted = ctx
+        .send(&request, || {
+            ctx.pods
+                .create_subresource::<_, kube::core::Status>("eviction", pod, &params, &eviction)
+        })
+        .await?;
     match evicted {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(e) => Err(Error::api(
-            Request::new("create", "pods/eviction")
-                .name(pod)
-                .namespace(&ctx.namespace),
-            e,
-        )),
+        Err(e) => Err(Error::api(request, e)),
     }
 }
 
@@ -355,21 +484,23 @@ async fn await_claim_gone(ctx: &Context, plan: &Plan) -> Result<(), Error> {
 
 async fn handle_volume(
     ctx: &Context,
+    claim: &str,
     volume: &VolumePlan,
     report: &mut Report,
 ) -> Result<(), Error> {
     let name = &volume.name;
     if !volume.strip.is_empty() {
         warn!(volume = %name, finalizers = %volume.strip.join(" "), "stripping volume finalizers (--strip-all-finalizers); the backing storage may be left behind");
-        remove_finalizers(
-            &ctx.volumes,
-            name,
-            &volume.uid,
-            &volume.strip,
-            false,
-            Request::new("patch", VOLUMES).name(name),
-        )
-        .await?;
+        let request = Request::new("patch", VOLUMES).name(name);
+        let ours = |pv: &PersistentVolume| {
+            pv.uid().as_deref() == Some(volume.uid.as_str())
+                && decision::owned_by(pv, &ctx.namespace, claim, &volume.claim_uid)
+        };
+        if remove_finalizers(ctx, &ctx.volumes, name, &volume.strip, false, request, ours).await?
+            == Strip::NotOurs
+        {
+            return Err(rebound(volume));
+        }
         report.done(format!("stripped PV finalizers {}", volume.strip.join(" ")));
     }
     match volume.action {
@@ -380,36 +511,9 @@ async fn handle_volume(
                 volume.reclaim_policy
             ));
         }
-        VolumeAction::AwaitReclaim => {
-            let uid = volume.uid.clone();
-            let condition = move |pv: Option<&PersistentVolume>| {
-                pv.is_none_or(|pv| {
-                    pv.uid().as_deref() != Some(uid.as_str()) || phase(pv) == Some("Failed")
-                })
-            };
-            let request = Request::new("watch", VOLUMES).name(name);
-            match wait::until(&ctx.volumes, name, ctx.timeout, condition, request).await? {
-                Waited::Done(Some(pv)) if phase(&pv) == Some("Failed") => {
-                    let message = pv
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.message.clone())
-                        .unwrap_or_default();
-                    warn!(volume = %name, %message, "the volume's reclaim failed");
-                    report.left(format!("PV {name} (Delete) Failed to reclaim: {message}"));
-                }
-                Waited::Done(_) => report.done(format!("PV {name} deleted by its reclaim policy")),
-                Waited::TimedOut => {
-                    warn!(volume = %name, "the volume is still there; its provisioner may delete it later");
-                    report.left(format!(
-                        "PV {name} (Delete) still present after {}",
-                        humantime::format_duration(ctx.timeout)
-                    ));
-                }
-            }
-        }
+        VolumeAction::AwaitReclaim => await_reclaim(ctx, volume, report).await?,
         VolumeAction::Delete => {
-            delete_volume(ctx, volume, false).await?;
+            delete_volume(ctx, claim, volume, false).await?;
             let request = Request::new("watch", VOLUMES).name(name);
             match wait::until(
                 &ctx.volumes,
@@ -435,78 +539,153 @@ async fn handle_volume(
     Ok(())
 }
 
+/// Reclaim policy Delete: the provisioner deletes the backing storage, then the volume. A volume
+/// that stays, or whose reclaim fails, is named; the claim is gone, so the upgrade can go on.
+async fn await_reclaim(
+    ctx: &Context,
+    volume: &VolumePlan,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let name = &volume.name;
+    let uid = volume.uid.clone();
+    let condition = move |pv: Option<&PersistentVolume>| {
+        pv.is_none_or(|pv| pv.uid().as_deref() != Some(uid.as_str()) || phase(pv) == Some("Failed"))
+    };
+    let request = Request::new("watch", VOLUMES).name(name);
+    match wait::until(&ctx.volumes, name, ctx.timeout, condition, request).await? {
+        Waited::Done(Some(pv)) if phase(&pv) == Some("Failed") => {
+            let message = pv
+                .status
+                .as_ref()
+                .and_then(|s| s.message.clone())
+                .unwrap_or_default();
+            warn!(volume = %name, %message, "the volume's reclaim failed");
+            report.left(format!("PV {name} (Delete) Failed to reclaim: {message}"));
+        }
+        Waited::Done(_) => report.done(format!("PV {name} deleted by its reclaim policy")),
+        Waited::TimedOut => {
+            warn!(volume = %name, "the volume is still there; its provisioner may delete it later");
+            report.left(format!(
+                "PV {name} (Delete) still present after {}",
+                humantime::format_duration(ctx.timeout)
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn phase(volume: &PersistentVolume) -> Option<&str> {
     volume.status.as_ref()?.phase.as_deref()
 }
 
-async fn delete_volume(ctx: &Context, volume: &VolumePlan, dry_run: bool) -> Result<(), Error> {
-    match ctx
-        .volumes
-        .delete(&volume.name, &delete_params(&volume.uid, dry_run))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_conflict() => Err(Error::Refused(format!(
-            "PV {} was replaced after it was read; the new one is not deleted",
-            volume.name
-        ))),
-        Err(e) => Err(Error::api(
-            Request::new("delete", VOLUMES).name(&volume.name),
-            e,
-        )),
+fn rebound(volume: &VolumePlan) -> Error {
+    Error::Refused(format!(
+        "PV {} no longer belongs to the claim (bound elsewhere meanwhile); it is not touched",
+        volume.name
+    ))
+}
+
+/// Deletes the volume only while it still names the claim: read, check, then delete with uid and
+/// resourceVersion preconditions, so a volume rebound in between is never deleted.
+async fn delete_volume(
+    ctx: &Context,
+    claim: &str,
+    volume: &VolumePlan,
+    dry_run: bool,
+) -> Result<(), Error> {
+    let name = &volume.name;
+    for _ in 0..CONFLICT_ATTEMPTS {
+        let request = Request::new("get", VOLUMES).name(name);
+        let Some(current) = ctx.fetch(request, || ctx.volumes.get_opt(name)).await? else {
+            return Ok(());
+        };
+        let ours = current.uid().as_deref() == Some(volume.uid.as_str())
+            && decision::owned_by(&current, &ctx.namespace, claim, &volume.claim_uid);
+        if !ours {
+            return Err(rebound(volume));
+        }
+        let params = delete_params(&volume.uid, current.resource_version(), dry_run);
+        let request = Request::new("delete", VOLUMES).name(name);
+        match ctx
+            .send(&request, || ctx.volumes.delete(name, &params))
+            .await?
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+            Err(kube::Error::Api(status)) if status.is_conflict() => {
+                info!(volume = %name, "volume changed meanwhile; reading it again");
+            }
+            Err(e) => return Err(Error::api(request, e)),
+        }
     }
+    Err(kept_changing(Request::new("delete", VOLUMES).name(name)))
+}
+
+fn kept_changing(request: Request) -> Error {
+    Error::Api {
+        source: Box::new(kube::Error::Api(Box::new(kube::core::Status {
+            code: 409,
+            reason: "Conflict".into(),
+            message: format!(
+                "the object kept changing; gave up after {CONFLICT_ATTEMPTS} attempts"
+            ),
+            ..Default::default()
+        }))),
+        request,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Strip {
+    Done,
+    Gone,
+    NotOurs,
 }
 
 /// Removes `remove` from the object's finalizers with a merge patch that carries the
 /// resourceVersion read, so a concurrent change makes it fail with 409; then it reads again and
-/// retries. An object that is gone or was replaced (other uid) is left alone.
+/// retries. An object that is gone, or that `ours` no longer accepts, is left alone.
 async fn remove_finalizers<K>(
+    ctx: &Context,
     api: &Api<K>,
     name: &str,
-    uid: &str,
     remove: &[String],
     dry_run: bool,
     request: Request,
-) -> Result<(), Error>
+    ours: impl Fn(&K) -> bool,
+) -> Result<Strip, Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    const ATTEMPTS: usize = 5;
-    for _ in 0..ATTEMPTS {
-        let object = api
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::api(request.clone(), e))?;
-        let Some(object) = object.filter(|o| o.meta().uid.as_deref() == Some(uid)) else {
-            return Ok(());
+    for _ in 0..CONFLICT_ATTEMPTS {
+        let Some(object) = ctx.fetch(request.clone(), || api.get_opt(name)).await? else {
+            return Ok(Strip::Gone);
         };
+        if !ours(&object) {
+            return Ok(Strip::NotOurs);
+        }
         let current = object.meta().finalizers.clone().unwrap_or_default();
         let keep: Vec<&String> = current.iter().filter(|f| !remove.contains(f)).collect();
         if keep.len() == current.len() {
-            return Ok(());
+            return Ok(Strip::Done);
         }
         let patch = json!({"metadata": {"finalizers": keep, "resourceVersion": object.meta().resource_version}});
         let params = PatchParams {
             dry_run,
             ..Default::default()
         };
-        match api.patch(name, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(()),
+        let patch = Patch::Merge(&patch);
+        match ctx
+            .send(&request, || api.patch(name, &params, &patch))
+            .await?
+        {
+            Ok(_) => return Ok(Strip::Done),
+            Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(Strip::Gone),
             Err(kube::Error::Api(status)) if status.is_conflict() => {
                 info!(%request, "object changed meanwhile; reading it again");
             }
             Err(e) => return Err(Error::api(request, e)),
         }
     }
-    Err(Error::Api {
-        source: Box::new(kube::Error::Api(Box::new(kube::core::Status {
-            code: 409,
-            reason: "Conflict".into(),
-            message: format!("the object kept changing; gave up after {ATTEMPTS} attempts"),
-            ..Default::default()
-        }))),
-        request,
-    })
+    Err(kept_changing(request))
 }

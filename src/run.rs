@@ -24,7 +24,8 @@ pub async fn run(client: Client, config: &Config) -> Result<Vec<Outcome>, Error>
     let ctx = Context {
         claims: Api::namespaced(client.clone(), &namespace),
         volumes: Api::all(client.clone()),
-        pods: Api::namespaced(client, &namespace),
+        pods: Api::namespaced(client.clone(), &namespace),
+        namespaces: Api::all(client),
         namespace,
         target,
         policies: config.policies,
@@ -35,6 +36,7 @@ pub async fn run(client: Client, config: &Config) -> Result<Vec<Outcome>, Error>
     };
     let names = claim_names(&ctx, config).await?;
     if names.is_empty() {
+        ctx.check_namespace().await?;
         let selector = config.selector.as_deref().unwrap_or_default();
         let key = format!("{}/-l {selector}", ctx.namespace);
         return Ok(vec![Outcome::new(

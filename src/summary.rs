@@ -22,6 +22,7 @@ pub struct Report {
     found: Vec<String>,
     done: Vec<String>,
     left: Vec<String>,
+    changed: bool,
 }
 
 impl Report {
@@ -29,8 +30,19 @@ impl Report {
         self.found.push(fact.into());
     }
 
+    /// A step that changed the cluster.
     pub fn done(&mut self, step: impl Into<String>) {
         self.done.push(step.into());
+        self.changed = true;
+    }
+
+    /// A step sent with server-side dry run: reported, but nothing changed.
+    pub fn would(&mut self, step: impl Into<String>) {
+        self.done.push(step.into());
+    }
+
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     pub fn left(&mut self, item: impl Into<String>) {

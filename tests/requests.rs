@@ -19,6 +19,7 @@ const VOLUME: &str = "/api/v1/persistentvolumes/pv-1";
 const VOLUME_WATCH: &str =
     "/api/v1/persistentvolumes?&fieldSelector=metadata.name%3Dpv-1&limit=500";
 const PODS: &str = "/api/v1/namespaces/apps/pods?";
+const NAMESPACE: &str = "/api/v1/namespaces/apps";
 
 struct Expect {
     method: &'static str,
@@ -95,6 +96,9 @@ async fn run_against(args: &[&str], expects: Vec<Expect>) -> Vec<Outcome> {
                 .body(Body::from(serde_json::to_vec(&e.response).unwrap()))
                 .unwrap();
             send.send_response(response);
+        }
+        if let Some((request, _)) = handle.next_request().await {
+            panic!("unexpected request {} {}", request.method(), request.uri());
         }
     });
     let argv = [
@@ -174,11 +178,18 @@ fn delete_body(uid: &str) -> Value {
     json!({"propagationPolicy": "Background", "preconditions": {"uid": uid}})
 }
 
+fn namespace() -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}})
+}
+
 #[tokio::test]
-async fn absent_claim_takes_one_request() {
+async fn absent_claim_checks_the_namespace_only() {
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![expect("GET", CLAIM, 404, status(404, "NotFound"))],
+        vec![
+            expect("GET", CLAIM, 404, status(404, "NotFound")),
+            expect("GET", NAMESPACE, 200, namespace()),
+        ],
     )
     .await;
     assert_eq!(outcomes[0].line, "apps/data: nothing to do: claim absent");
@@ -251,6 +262,9 @@ async fn retained_volume_deleted_on_request_with_uid_preconditions() {
                 volume("Retain", &["kubernetes.io/pv-protection"]),
             ),
             expect("GET", PODS, 200, list("PodList", vec![])),
+            expect("PATCH", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
+                .body(json!({"metadata": {"uid": "pv-uid", "annotations": {"storageclass-migrate/delete-after-claim": "apps/data"}}}))
+                .content_type("application/merge-patch+json"),
             expect(
                 "DELETE",
                 &format!("{CLAIM}?"),
@@ -264,8 +278,9 @@ async fn retained_volume_deleted_on_request_with_uid_preconditions() {
                 200,
                 list("PersistentVolumeClaimList", vec![]),
             ),
+            expect("GET", VOLUME, 200, volume("Retain", &[])),
             expect("DELETE", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
-                .body(delete_body("pv-uid")),
+                .body(json!({"propagationPolicy": "Background", "preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
             expect(
                 "GET",
                 VOLUME_WATCH,
@@ -333,8 +348,9 @@ async fn dry_run_sends_deletes_and_evictions_with_dry_run_all() {
                 .body(json!({"dryRun": ["All"], "preconditions": {"uid": "claim-uid"}})),
             expect("POST", "/api/v1/namespaces/apps/pods/web-0/eviction?&dryRun=All", 201, status(201, "Created"))
                 .body(json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-0", "namespace": "apps"}, "deleteOptions": {"dryRun": ["All"]}})),
+            expect("GET", VOLUME, 200, volume("Retain", &[])),
             expect("DELETE", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
-                .body(json!({"dryRun": ["All"], "preconditions": {"uid": "pv-uid"}})),
+                .body(json!({"dryRun": ["All"], "preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
         ],
     )
     .await;
@@ -538,4 +554,72 @@ async fn selector_lists_claims_by_label() {
     )
     .await;
     assert_eq!(outcomes.len(), 1);
+}
+
+#[tokio::test]
+async fn a_volume_marked_by_an_interrupted_run_is_finished() {
+    let mut marked = volume("Retain", &[]);
+    marked["metadata"]["annotations"] =
+        json!({"storageclass-migrate/delete-after-claim": "apps/data"});
+    marked["status"]["phase"] = json!("Released");
+    let outcomes = run_against(
+        &["--storage-class", "b", "--delete-retained-pv"],
+        vec![
+            expect("GET", CLAIM, 404, status(404, "NotFound")),
+            expect("GET", NAMESPACE, 200, namespace()),
+            expect(
+                "GET",
+                "/api/v1/persistentvolumes?",
+                200,
+                list("PersistentVolumeList", vec![marked.clone()]),
+            ),
+            expect("GET", VOLUME, 200, marked.clone()),
+            expect("DELETE", &format!("{VOLUME}?"), 200, marked)
+                .body(json!({"preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
+            expect(
+                "GET",
+                VOLUME_WATCH,
+                200,
+                list("PersistentVolumeList", vec![]),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0].line,
+        "apps/data: finished an interrupted migration: found claim absent, PV pv-1 (Retain) left by an interrupted run; done: PV pv-1 (Retain) deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried() {
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![
+            expect("GET", CLAIM, 500, status(500, "InternalError")),
+            expect("GET", CLAIM, 200, claim("b", None, &[])),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes[0].line,
+        "apps/data: nothing to do: already on the desired class"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_namespace_is_bad_input() {
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        vec![
+            expect("GET", CLAIM, 404, status(404, "NotFound")),
+            expect("GET", NAMESPACE, 404, status(404, "NotFound")),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::BadInput);
+    assert_eq!(
+        outcomes[0].line,
+        "apps/data: failed: namespace \"apps\" does not exist"
+    );
 }
