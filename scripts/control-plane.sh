@@ -19,7 +19,9 @@
 #
 # Environment: CONTROL_PLANE_BIN_DIR (use these binaries instead of building),
 # CONTROL_PLANE_STOP_GRACE (seconds before KILL, default 10),
-# CONTROL_PLANE_START_TIMEOUT (seconds per component, default 120).
+# CONTROL_PLANE_START_TIMEOUT (seconds per component, default 120),
+# CONTROL_PLANE_AUDIT=1 (the apiserver writes one JSON line per request, with user and user agent,
+# to DIR/logs/audit.log; used to count the requests a client makes).
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -271,7 +273,18 @@ start_etcd() {
 # start on a host without one. Loopback is accepted as long as no endpoint reconciler tries to
 # publish it in the "kubernetes" Endpoints (--endpoint-reconciler-type=none).
 start_apiserver() {
-  local attempt
+  local attempt audit=()
+  if [ "${CONTROL_PLANE_AUDIT:-0}" = 1 ]; then
+    cat >"$dir/audit-policy.yaml" <<'YAML'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+YAML
+    audit=(--audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/logs/audit.log"
+      --audit-log-format=json --audit-log-mode=blocking)
+  fi
   for attempt in 1 2 3; do
     apiserver_port=$(free_port)
     apiserver_url=https://127.0.0.1:$apiserver_port
@@ -286,7 +299,7 @@ start_apiserver() {
       --service-account-key-file="$dir/pki/sa.pub" \
       --service-account-signing-key-file="$dir/pki/sa.key" \
       --service-cluster-ip-range=10.0.0.0/24 \
-      --allow-privileged=true --profiling=false --v=1
+      --allow-privileged=true --profiling=false --v=1 "${audit[@]}"
     wait_ready kube-apiserver "$last_pid" admin_curl /readyz && return 0
     bind_failed kube-apiserver "$last_pid" && [ "$attempt" -lt 3 ] || return 1
     log "kube-apiserver: port taken, retrying"
