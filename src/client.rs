@@ -19,31 +19,71 @@ pub async fn connect(connection: &Connection) -> Result<Client, Error> {
     };
     let config = match (&connection.kubeconfig, &connection.context) {
         (Some(path), _) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
-                Error::Config(format!(
-                    "kubeconfig {}: {}",
-                    path.display(),
-                    error_chain(&e)
-                ))
-            })?;
+            let at = |e: &dyn std::error::Error| config_error(Some(path), e);
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| at(&e))?;
             Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "kubeconfig {}: {}",
-                        path.display(),
-                        error_chain(&e)
-                    ))
-                })?
+                .map_err(|e| at(&e))?
         }
         (None, Some(_)) => Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| Error::Config(error_chain(&e)))?,
-        (None, None) => Config::infer()
-            .await
-            .map_err(|e| Error::Config(error_chain(&e)))?,
+            .map_err(|e| config_error(None, &e))?,
+        (None, None) => Config::infer().await.map_err(|e| config_error(None, &e))?,
     };
     let mut config = config;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
-    Client::try_from(config).map_err(|e| Error::Config(error_chain(&e)))
+    Client::try_from(config).map_err(|e| config_error(None, &e))
+}
+
+/// A configuration error on one line that cannot leak credentials: a YAML parser's message can
+/// quote the file (a token, a key), so only the first line of it is kept and quoted text in it is
+/// withheld; the line and column remain.
+fn config_error(path: Option<&std::path::Path>, error: &dyn std::error::Error) -> Error {
+    let chain = error_chain(error);
+    let first = chain.lines().next().unwrap_or_default();
+    let message = redact_quoted(first);
+    Error::Config(match path {
+        Some(path) => format!("kubeconfig {}: {message}", path.display()),
+        None => message,
+    })
+}
+
+fn redact_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match quote {
+            Some(open) if c == open => {
+                out.push_str("...");
+                out.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    quote = Some(c);
+                }
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_text_is_withheld() {
+        assert_eq!(
+            redact_quoted("invalid type: string \"sha256~secret\", expected a map at line 3"),
+            "invalid type: string \"...\", expected a map at line 3"
+        );
+        assert_eq!(redact_quoted("unterminated `abc"), "unterminated `...");
+        assert_eq!(redact_quoted("no quotes"), "no quotes");
+    }
 }

@@ -95,6 +95,19 @@ impl fmt::Display for PodUse {
     }
 }
 
+/// Whether the pod names the claim in one of its volumes.
+pub fn names_claim(pod: &Pod, claim_name: &str) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|volume| {
+            volume
+                .persistent_volume_claim
+                .as_ref()
+                .is_some_and(|source| source.claim_name == claim_name)
+        })
+}
+
 /// Pods that keep the claim from being deleted, by the rule of the pvc-protection controller:
 /// scheduled (`spec.nodeName` set) and naming the claim in a volume, whatever their phase.
 pub fn pods_using(claim_name: &str, pods: &[Pod]) -> Vec<PodUse> {
@@ -102,13 +115,7 @@ pub fn pods_using(claim_name: &str, pods: &[Pod]) -> Vec<PodUse> {
         .filter_map(|pod| {
             let spec = pod.spec.as_ref()?;
             let node = spec.node_name.as_deref().filter(|n| !n.is_empty())?;
-            let uses = spec.volumes.iter().flatten().any(|volume| {
-                volume
-                    .persistent_volume_claim
-                    .as_ref()
-                    .is_some_and(|source| source.claim_name == claim_name)
-            });
-            uses.then(|| PodUse {
+            names_claim(pod, claim_name).then(|| PodUse {
                 name: pod.name_any(),
                 node: node.to_owned(),
                 terminating: pod.metadata.deletion_timestamp.is_some(),
@@ -341,8 +348,9 @@ pub fn writes_volumes(policies: Policies) -> bool {
     policies.delete_retained_pv || policies.strip_all_finalizers
 }
 
-/// Volumes that an interrupted run marked for deletion with this claim (now absent): still
-/// naming the claim in their claimRef and no longer bound. Planned by today's policies.
+/// Volumes that an interrupted run marked for deletion with this claim (now absent) and that
+/// still name it in their claimRef; the binder may not have marked them Released yet. Planned
+/// by today's policies.
 pub fn leftovers(
     namespace: &str,
     name: &str,
@@ -353,7 +361,6 @@ pub fn leftovers(
     volumes
         .iter()
         .filter(|v| v.annotations().get(DELETE_AFTER_CLAIM) == Some(&mark))
-        .filter(|v| v.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
         .filter_map(|v| {
             let claim_ref = v.spec.as_ref()?.claim_ref.as_ref()?;
             let claim_uid = claim_ref.uid.clone().unwrap_or_default();
@@ -843,7 +850,10 @@ mod tests {
             (found[0].action, found[0].claim_uid.as_str()),
             (VolumeAction::Delete, "old-uid")
         );
-        assert!(leftovers(NS, "data", &[marked("Bound", "apps/data")], policies).is_empty());
+        assert_eq!(
+            leftovers(NS, "data", &[marked("Bound", "apps/data")], policies).len(),
+            1
+        );
         assert!(leftovers(NS, "data", &[marked("Released", "apps/other")], policies).is_empty());
         assert!(
             leftovers(

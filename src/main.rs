@@ -50,5 +50,8 @@ fn fail_input(error: &clap::Error) -> ExitCode {
         .collect::<Vec<_>>()
         .join(" ");
     eprintln!("{line}");
+    let termination_log =
+        std::env::var_os("TERMINATION_LOG").unwrap_or_else(|| "/dev/termination-log".into());
+    summary::write_termination_log(std::path::Path::new(&termination_log), &[line]);
     ExitCode::from(ExitStatus::BadInput.code() as u8)
 }

@@ -27,6 +27,10 @@ use crate::wait::{self, Waited};
 
 const CLAIMS: &str = "persistentvolumeclaims";
 const VOLUMES: &str = "persistentvolumes";
+/// How long the reads that explain a timeout may take.
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Objects per page of a list.
+const LIST_PAGE: u32 = 500;
 /// Attempts at a read-check-write that the API keeps answering with 409.
 const CONFLICT_ATTEMPTS: usize = 5;
 
@@ -48,6 +52,33 @@ pub struct Context {
 }
 
 impl Context {
+    /// Lists `api` page by page (optionally by label selector), keeping only what `keep` accepts,
+    /// so memory stays flat however many objects the namespace or cluster holds.
+    pub async fn list<K>(
+        &self,
+        api: &Api<K>,
+        request: Request,
+        labels: Option<&str>,
+        keep: impl Fn(&K) -> bool,
+    ) -> Result<Vec<K>, Error>
+    where
+        K: Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let mut params = ListParams::default().limit(LIST_PAGE);
+        if let Some(labels) = labels {
+            params = params.labels(labels);
+        }
+        let mut kept = Vec::new();
+        loop {
+            let page = self.fetch(request.clone(), || api.list(&params)).await?;
+            kept.extend(page.items.into_iter().filter(|object| keep(object)));
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => return Ok(kept),
+            }
+        }
+    }
+
     /// One request; its answer for the caller to match, or a timeout.
     async fn send<T, F, Fut>(
         &self,
@@ -179,8 +210,11 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<String
         None => None,
     };
     let request = Request::new("list", "pods").namespace(&ctx.namespace);
-    let all = ListParams::default();
-    let pods = ctx.fetch(request, || ctx.pods.list(&all)).await?.items;
+    let pods = ctx
+        .list(&ctx.pods, request, None, |pod| {
+            decision::names_claim(pod, name)
+        })
+        .await?;
     let facts = Facts {
         claim: &claim,
         volume: volume.as_ref(),
@@ -208,8 +242,10 @@ async fn absent(ctx: &Context, name: &str, report: &mut Report) -> Result<String
         return Ok(format!("nothing to do: {}", Nothing::Absent));
     }
     let request = Request::new("list", VOLUMES);
-    let all = ListParams::default();
-    let volumes = ctx.fetch(request, || ctx.volumes.list(&all)).await?.items;
+    let mark = format!("{}/{name}", ctx.namespace);
+    let marked =
+        |pv: &PersistentVolume| pv.annotations().get(decision::DELETE_AFTER_CLAIM) == Some(&mark);
+    let volumes = ctx.list(&ctx.volumes, request, None, marked).await?;
     let leftovers = decision::leftovers(&ctx.namespace, name, &volumes, ctx.policies);
     if leftovers.is_empty() {
         return Ok(format!("nothing to do: {}", Nothing::Absent));
@@ -310,7 +346,14 @@ async fn execute(ctx: &Context, plan: Plan, report: &mut Report) -> Result<(), E
         mark_volume(ctx, &plan.claim, volume).await?;
     }
     if !plan.resume {
-        delete_claim(ctx, &plan, false).await?;
+        if let Err(error) = delete_claim(ctx, &plan, false).await {
+            if let VolumeStep::Handle(volume) = &plan.volume
+                && volume.action == VolumeAction::Delete
+            {
+                unmark_volume(ctx, volume).await;
+            }
+            return Err(error);
+        }
         report.done("claim deleted");
     }
     if !plan.strip_claim.is_empty() {
@@ -361,6 +404,26 @@ async fn mark_volume(ctx: &Context, claim: &str, volume: &VolumePlan) -> Result<
         }
         Err(e) => Err(Error::api(request, e)),
     }
+}
+
+/// Takes the mark back when the claim was not deleted after all; best effort, the volume is
+/// checked again before any later run deletes it.
+async fn unmark_volume(ctx: &Context, volume: &VolumePlan) {
+    let patch = json!({"metadata": {"uid": volume.uid, "annotations": {decision::DELETE_AFTER_CLAIM: null}}});
+    let request = Request::new("patch", VOLUMES).name(&volume.name);
+    let params = PatchParams::default();
+    let patch = Patch::Merge(&patch);
+    let failure = match ctx
+        .send(&request, || {
+            ctx.volumes.patch(&volume.name, &params, &patch)
+        })
+        .await
+    {
+        Ok(Ok(_)) => return,
+        Ok(Err(error)) => crate::error::describe_kube_error(&error),
+        Err(error) => error.to_string(),
+    };
+    warn!(volume = %volume.name, %failure, "could not remove the delete-after-claim mark");
 }
 
 async fn delete_claim(ctx: &Context, plan: &Plan, dry_run: bool) -> Result<(), Error> {
@@ -455,14 +518,19 @@ async fn await_claim_gone(ctx: &Context, plan: &Plan) -> Result<(), Error> {
     if let Waited::Done(_) = waited {
         return Ok(());
     }
+    // What holds the claim, read briefly: the run is already over its time.
+    let brief = DIAGNOSIS_TIMEOUT.min(ctx.timeout);
     let mut blockers = Vec::new();
-    if let Ok(Some(claim)) = ctx.claims.get_opt(&plan.claim).await
+    let read = ctx.claim_request("get", &plan.claim);
+    if let Ok(Ok(Some(claim))) = api::call(brief, &read, || ctx.claims.get_opt(&plan.claim)).await
         && claim.uid().as_deref() == Some(plan.uid.as_str())
         && !claim.finalizers().is_empty()
     {
         blockers.push(format!("finalizers {}", claim.finalizers().join(" ")));
     }
-    if let Ok(pods) = ctx.pods.list(&ListParams::default()).await {
+    let read = Request::new("list", "pods").namespace(&ctx.namespace);
+    let all = ListParams::default();
+    if let Ok(Ok(pods)) = api::call(brief, &read, || ctx.pods.list(&all)).await {
         let users = decision::pods_using(&plan.claim, &pods.items);
         if !users.is_empty() {
             blockers.push(format!("still used by {}", join(&users)));

@@ -1,8 +1,6 @@
 //! A whole run: resolve the desired class, find the claims, migrate each independently.
 
 use futures::future::join_all;
-use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::OnceCell;
 use tracing::info;
@@ -19,21 +17,20 @@ pub async fn run(client: Client, config: &Config) -> Result<Vec<Outcome>, Error>
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let classes: Api<StorageClass> = Api::all(client.clone());
-    let target = resolve(&classes, &config.desired).await?;
-    let ctx = Context {
+    let mut ctx = Context {
         claims: Api::namespaced(client.clone(), &namespace),
         volumes: Api::all(client.clone()),
         pods: Api::namespaced(client.clone(), &namespace),
+        classes: Api::all(client.clone()),
         namespaces: Api::all(client),
         namespace,
-        target,
+        target: None,
         policies: config.policies,
         dry_run: config.dry_run,
         timeout: config.timeout,
         target_exists: OnceCell::new(),
-        classes,
     };
+    ctx.target = resolve(&ctx, &config.desired).await?;
     let names = claim_names(&ctx, config).await?;
     if names.is_empty() {
         ctx.check_namespace().await?;
@@ -45,21 +42,25 @@ pub async fn run(client: Client, config: &Config) -> Result<Vec<Outcome>, Error>
             "nothing to do: no claim matches the selector".into(),
         )]);
     }
-    info!(namespace = %ctx.namespace, claims = %names.join(","), target = ?ctx.target, dry_run = ctx.dry_run, "start");
+    info!(namespace = %ctx.namespace, claims = %names.join(","), desired = ?ctx.target, dry_run = ctx.dry_run, "start");
     Ok(join_all(names.iter().map(|name| migrate::migrate(&ctx, name))).await)
 }
 
 /// The desired class as a target; None when the default is asked for and there is none.
-async fn resolve(classes: &Api<StorageClass>, desired: &Desired) -> Result<Option<Target>, Error> {
+async fn resolve(ctx: &Context, desired: &Desired) -> Result<Option<Target>, Error> {
     match desired {
         Desired::Named(name) => Ok(Some(Target::Class(name.clone()))),
         Desired::NoClass => Ok(Some(Target::NoClass)),
         Desired::Default => {
-            let list = classes
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| Error::api(Request::new("list", "storageclasses"), e))?;
-            let default = class::default_class(&list.items).map(|c| Target::Class(c.name_any()));
+            let classes = ctx
+                .list(
+                    &ctx.classes,
+                    Request::new("list", "storageclasses"),
+                    None,
+                    |_| true,
+                )
+                .await?;
+            let default = class::default_class(&classes).map(|c| Target::Class(c.name_any()));
             info!(default = ?default, "resolved the cluster's default StorageClass");
             Ok(default)
         }
@@ -70,17 +71,11 @@ async fn resolve(classes: &Api<StorageClass>, desired: &Desired) -> Result<Optio
 async fn claim_names(ctx: &Context, config: &Config) -> Result<Vec<String>, Error> {
     let mut names = config.names.clone();
     if let Some(selector) = &config.selector {
-        let listed = ctx
-            .claims
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map_err(|e| {
-                Error::api(
-                    Request::new("list", "persistentvolumeclaims").namespace(&ctx.namespace),
-                    e,
-                )
-            })?;
-        for claim in listed.items {
+        let request = Request::new("list", "persistentvolumeclaims").namespace(&ctx.namespace);
+        for claim in ctx
+            .list(&ctx.claims, request, Some(selector), |_| true)
+            .await?
+        {
             let name = claim.name_any();
             if !names.contains(&name) {
                 names.push(name);

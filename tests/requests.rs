@@ -18,7 +18,7 @@ const CLAIM_WATCH: &str =
 const VOLUME: &str = "/api/v1/persistentvolumes/pv-1";
 const VOLUME_WATCH: &str =
     "/api/v1/persistentvolumes?&fieldSelector=metadata.name%3Dpv-1&limit=500";
-const PODS: &str = "/api/v1/namespaces/apps/pods?";
+const PODS: &str = "/api/v1/namespaces/apps/pods?&limit=500";
 const NAMESPACE: &str = "/api/v1/namespaces/apps";
 
 struct Expect {
@@ -224,7 +224,7 @@ async fn default_class_is_listed_and_newest_wins() {
         vec![
             expect(
                 "GET",
-                "/apis/storage.k8s.io/v1/storageclasses?",
+                "/apis/storage.k8s.io/v1/storageclasses?&limit=500",
                 200,
                 classes,
             ),
@@ -545,7 +545,7 @@ async fn selector_lists_claims_by_label() {
         vec![
             expect(
                 "GET",
-                "/api/v1/namespaces/apps/persistentvolumeclaims?&labelSelector=app%3Ddb",
+                "/api/v1/namespaces/apps/persistentvolumeclaims?&labelSelector=app%3Ddb&limit=500",
                 200,
                 list("PersistentVolumeClaimList", vec![claim("b", None, &[])]),
             ),
@@ -569,7 +569,7 @@ async fn a_volume_marked_by_an_interrupted_run_is_finished() {
             expect("GET", NAMESPACE, 200, namespace()),
             expect(
                 "GET",
-                "/api/v1/persistentvolumes?",
+                "/api/v1/persistentvolumes?&limit=500",
                 200,
                 list("PersistentVolumeList", vec![marked.clone()]),
             ),
@@ -621,5 +621,44 @@ async fn a_missing_namespace_is_bad_input() {
     assert_eq!(
         outcomes[0].line,
         "apps/data: failed: namespace \"apps\" does not exist"
+    );
+}
+
+#[tokio::test]
+async fn pods_are_listed_page_by_page() {
+    let mut first = list(
+        "PodList",
+        vec![json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "other", "namespace": "apps"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x"}]}})],
+    );
+    first["metadata"]["continue"] = json!("page-2");
+    let outcomes = run_against(
+        &["--storage-class", "b", "--in-use", "fail"],
+        vec![
+            expect("GET", CLAIM, 200, claim("a", None, &[])),
+            expect(
+                "GET",
+                "/apis/storage.k8s.io/v1/storageclasses/b",
+                200,
+                class("b", false, "2026-01-01T00:00:00Z"),
+            ),
+            expect("GET", PODS, 200, first),
+            expect(
+                "GET",
+                &format!("{PODS}&continue=page-2"),
+                200,
+                list("PodList", vec![pod("web-0")]),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    assert!(
+        outcomes[0].line.ends_with(
+            "in use by pod web-0 on node node-1 (--in-use fail); stop them or choose --in-use evict"
+        ),
+        "{}",
+        outcomes[0].line
     );
 }
