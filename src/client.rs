@@ -7,7 +7,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::config::Connection;
-use crate::error::{Error, error_chain};
+use crate::error::Error;
 
 /// A refused or unroutable API server fails within this, not the client's default 30 s.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,12 +36,12 @@ pub async fn connect(connection: &Connection) -> Result<Client, Error> {
 }
 
 /// A configuration error on one line that cannot leak credentials: a YAML parser's message can
-/// quote the file (a token, a key), so only the first line of it is kept and quoted text in it is
-/// withheld; the line and column remain.
+/// quote the file (a token, a key) from its second line on, so only the first line is kept, and
+/// quoted text in it is withheld; the line and column remain. kube's messages embed their causes.
 fn config_error(path: Option<&std::path::Path>, error: &dyn std::error::Error) -> Error {
-    let chain = error_chain(error);
-    let first = chain.lines().next().unwrap_or_default();
-    let message = redact_quoted(first);
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let message = redact_quoted(first.trim_end());
     Error::Config(match path {
         Some(path) => format!("kubeconfig {}: {message}", path.display()),
         None => message,
