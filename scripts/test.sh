@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against one control plane: builds the control-plane binaries, starts
-# them in a temporary directory, runs `cargo test --all-targets [ARGS...]` with
-# STORAGECLASS_MIGRATE_CONTROL_PLANE pointing at it, and stops it again, also when the tests
-# fail or the run is interrupted. Exits with cargo's status. The directory (with the servers'
-# logs) is removed after a successful run and kept otherwise.
+# Runs every test against one local control plane:
+#   1. installs the Debian packages the checks need (ci-install.sh; quick when present), builds
+#      the control-plane binaries, helm and the image (each cached);
+#   2. starts the control plane in a temporary directory;
+#   3. `cargo test --all-targets [ARGS...]` with STORAGECLASS_MIGRATE_CONTROL_PLANE pointing at it;
+#   4. the chart checks (lint, render tests, server-side dry run) and the image run in the cluster;
+#   5. stops it again, also when a step fails or the run is interrupted.
+# Exits non-zero if any step failed. The directory (with the servers' logs) is removed after a
+# successful run and kept otherwise. With ARGS, only step 3 runs after the builds.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cp=$root/scripts/control-plane.sh
 
+"$root/scripts/ci-install.sh"
 "$root/scripts/build-control-plane.sh" >/dev/null
+"$root/scripts/build-helm.sh" >/dev/null
+"$root/scripts/build-image.sh"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/storageclass-migrate-test.XXXXXX")
 
 status=1
@@ -33,4 +40,8 @@ export STORAGECLASS_MIGRATE_CONTROL_PLANE=$dir
 
 status=0
 (cd "$root" && cargo test --all-targets "$@") || status=$?
+if [ $# -eq 0 ]; then
+  "$root/scripts/check-chart.sh" || status=1
+  "$root/scripts/check-image-in-cluster.sh" || status=1
+fi
 exit "$status"

@@ -1,0 +1,300 @@
+{{- /*
+Helpers of the storageclass-migrate library. The entry point, "storageclass-migrate.hook", is in
+_hook.tpl; everything here is internal and may change between versions.
+*/ -}}
+
+{{- /* A DNS-1123 subdomain, as Kubernetes requires of claim and object names. */ -}}
+{{- define "storageclass-migrate.dnsSubdomainPattern" -}}
+^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$
+{{- end -}}
+
+{{- /* The duration syntax accepted for the timeout setting (a subset of what the binary parses). */ -}}
+{{- define "storageclass-migrate.durationPattern" -}}
+^([0-9]+(ms|s|m|h))+$
+{{- end -}}
+
+{{- /*
+fitName (dict "base" STRING "max" INT): base if it is at most max characters long, else its first
+characters and a hash of the whole, so that long names stay distinct.
+*/ -}}
+{{- define "storageclass-migrate.fitName" -}}
+{{- if le (len .base) (int .max) -}}
+{{- .base -}}
+{{- else -}}
+{{- printf "%s-%s" (regexReplaceAll "[-.]+$" (trunc (int (sub .max 9)) .base) "") (sha256sum .base | trunc 8) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+merge (dict "dst" MAP "src" MAP): JSON of dst with src merged in recursively; a value of src,
+false, 0, "" and null included, replaces the value of dst (unlike sprig's mergeOverwrite, which
+skips such "empty" values).
+*/ -}}
+{{- define "storageclass-migrate.merge" -}}
+{{- $dst := deepCopy (.dst | default dict) -}}
+{{- range $key, $value := .src -}}
+{{- $old := get $dst $key -}}
+{{- if and (kindIs "map" $value) (kindIs "map" $old) -}}
+{{- $_ := set $dst $key (fromJson (include "storageclass-migrate.merge" (dict "dst" $old "src" $value))) -}}
+{{- else -}}
+{{- $_ := set $dst $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $dst -}}
+{{- end -}}
+
+{{- /* isNumber VALUE: "true" when VALUE is a number of any kind. */ -}}
+{{- define "storageclass-migrate.isNumber" -}}
+{{- if or (kindIs "int" .) (kindIs "int64" .) (kindIs "float64" .) (kindIs "int32" .) (kindIs "uint64" .) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- /*
+resolve (dict "args" ARGS "out" DICT): checks the arguments of "storageclass-migrate.hook" and the
+settings, and fills DICT with everything the object templates need. Fails with a message naming
+the setting on any mistake, also for settings that bypassed values.schema.json (the "settings"
+and "values" arguments).
+*/ -}}
+{{- define "storageclass-migrate.resolve" -}}
+{{- $args := .args -}}
+{{- $out := .out -}}
+{{- $p := "storageclass-migrate" -}}
+{{- if not (kindIs "map" $args) -}}
+{{- fail (printf "%s: call it as include \"storageclass-migrate.hook\" (dict \"claim\" NAME \"storageClass\" CLASS \"context\" $)" $p) -}}
+{{- end -}}
+{{- $ctx := get $args "context" -}}
+{{- if not $ctx -}}
+{{- fail (printf "%s: the argument \"context\" is missing: pass the chart's root context, (dict ... \"context\" $)" $p) -}}
+{{- end -}}
+{{- range $key, $_ := $args -}}
+{{- if not (has $key (list "context" "claim" "claims" "selector" "storageClass" "name" "settings" "values")) -}}
+{{- fail (printf "%s: unknown argument %q (known: context, claim, claims, selector, storageClass, name, settings, values)" $p $key) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Settings: the chart's values under the dependency's key, then this call's overrides. */ -}}
+{{- $values := get $args "values" -}}
+{{- if not $values -}}
+{{- if hasKey $ctx.Values "storageclassMigrate" -}}
+{{- $values = $ctx.Values.storageclassMigrate -}}
+{{- else if hasKey $ctx.Values "storageclass-migrate" -}}
+{{- $values = index $ctx.Values "storageclass-migrate" -}}
+{{- else -}}
+{{- fail (printf "%s: no settings found: declare the dependency with alias storageclassMigrate in Chart.yaml (its defaults then appear under .Values.storageclassMigrate), or pass them as \"values\"" $p) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (kindIs "map" $values) -}}
+{{- fail (printf "%s: the settings must be a map, got %s" $p (kindOf $values)) -}}
+{{- end -}}
+{{- $overrides := get $args "settings" | default dict -}}
+{{- if not (kindIs "map" $overrides) -}}
+{{- fail (printf "%s: the argument \"settings\" must be a dict, got %s" $p (kindOf $overrides)) -}}
+{{- end -}}
+{{- $s := fromJson (include "storageclass-migrate.merge" (dict "dst" $values "src" $overrides)) -}}
+
+{{- range $key := list "allowMigration" "deleteRetainedPV" "stripAllFinalizers" "dryRun" "showLogsOnFailure" -}}
+{{- if not (kindIs "bool" (get $s $key)) -}}
+{{- fail (printf "%s: %s must be true or false, got %v (%s)" $p $key (get $s $key) (kindOf (get $s $key))) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $out "enabled" $s.allowMigration -}}
+{{- $_ = set $out "context" $ctx -}}
+{{- $_ = set $out "s" $s -}}
+
+{{- /* The claims. */ -}}
+{{- $claims := list -}}
+{{- $selector := get $args "selector" | default "" -}}
+{{- if hasKey $args "claim" -}}
+{{- $claims = append $claims (get $args "claim") -}}
+{{- end -}}
+{{- if hasKey $args "claims" -}}
+{{- if not (kindIs "slice" (get $args "claims")) -}}
+{{- fail (printf "%s: the argument \"claims\" must be a list of claim names, e.g. (list \"data\" \"logs\")" $p) -}}
+{{- end -}}
+{{- $claims = concat $claims (get $args "claims") -}}
+{{- end -}}
+{{- if not (or $claims $selector) -}}
+{{- fail (printf "%s: no claim given: pass \"claim\" NAME, \"claims\" (list NAME ...) or \"selector\" LABEL-SELECTOR" $p) -}}
+{{- end -}}
+{{- if not (kindIs "string" $selector) -}}
+{{- fail (printf "%s: the argument \"selector\" must be a label selector string such as \"app=db\"" $p) -}}
+{{- end -}}
+{{- range $claims -}}
+{{- if not (and (kindIs "string" .) (regexMatch (include "storageclass-migrate.dnsSubdomainPattern" dict) .) (le (len .) 253)) -}}
+{{- fail (printf "%s: %q is not a valid claim name (lowercase letters, digits, '-' and '.', at most 253 characters)" $p (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- $claims = uniq $claims -}}
+{{- $_ = set $out "claims" $claims -}}
+{{- $_ = set $out "selector" $selector -}}
+
+{{- /* The desired class, in the chart's own convention: a name, "" or null for the default, "-" for none. */ -}}
+{{- $class := get $args "storageClass" -}}
+{{- if kindIs "invalid" $class -}}
+{{- $class = "" -}}
+{{- end -}}
+{{- if not (kindIs "string" $class) -}}
+{{- fail (printf "%s: \"storageClass\" must be a string (a class name, \"\" for the cluster's default class, \"-\" for none), got %v" $p $class) -}}
+{{- end -}}
+{{- $_ = set $out "storageClass" $class -}}
+
+{{- /* Names. Namespaced objects share one name; cluster-scoped ones carry namespace and release. */ -}}
+{{- $id := get $args "name" | default "" -}}
+{{- if not $id -}}
+{{- if $claims -}}
+{{- $id = join "-" $claims -}}
+{{- else -}}
+{{- $id = printf "selector-%s" (sha256sum $selector | trunc 8) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (regexMatch (include "storageclass-migrate.dnsSubdomainPattern" dict) $id) -}}
+{{- fail (printf "%s: \"name\" %q must be lowercase letters, digits, '-' and '.'" $p $id) -}}
+{{- end -}}
+{{- $release := $ctx.Release.Name -}}
+{{- $namespace := $ctx.Release.Namespace -}}
+{{- $_ = set $out "id" $id -}}
+{{- $_ = set $out "namespace" $namespace -}}
+{{- /* "<release>-<id>", or just the id when it already starts with the release name (rel-data). */ -}}
+{{- $base := printf "%s-%s" $release $id -}}
+{{- if or (eq $id $release) (hasPrefix (printf "%s-" $release) $id) -}}
+{{- $base = $id -}}
+{{- end -}}
+{{- $_ = set $out "name" (include "storageclass-migrate.fitName" (dict "base" (printf "%s-storageclass-migrate" $base) "max" 63)) -}}
+{{- $_ = set $out "clusterName" (include "storageclass-migrate.fitName" (dict "base" (printf "storageclass-migrate:%s:%s:%s" $namespace $release $id) "max" 253)) -}}
+
+{{- /* Policies. */ -}}
+{{- if not (has $s.inUse (list "evict" "force" "fail")) -}}
+{{- fail (printf "%s: inUse must be one of evict, force, fail; got %v" $p $s.inUse) -}}
+{{- end -}}
+{{- if not (has $s.logFormat (list "json" "text")) -}}
+{{- fail (printf "%s: logFormat must be json or text; got %v" $p $s.logFormat) -}}
+{{- end -}}
+{{- $timeoutMs := 0 -}}
+{{- $timeout := "" -}}
+{{- if include "storageclass-migrate.isNumber" $s.timeout -}}
+{{- if lt (float64 $s.timeout) 1.0 -}}
+{{- fail (printf "%s: timeout must be positive, e.g. 60s or 2m; got %v" $p $s.timeout) -}}
+{{- end -}}
+{{- $timeoutMs = mul (int64 $s.timeout) 1000 -}}
+{{- $timeout = printf "%ds" (int64 $s.timeout) -}}
+{{- else if and (kindIs "string" $s.timeout) (regexMatch (include "storageclass-migrate.durationPattern" dict) $s.timeout) -}}
+{{- $unit := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" $s.timeout -1 -}}
+{{- $timeoutMs = add $timeoutMs (mul (regexFind "^[0-9]+" . | int64) (get $unit (regexReplaceAll "^[0-9]+" . ""))) -}}
+{{- end -}}
+{{- $timeout = $s.timeout -}}
+{{- else -}}
+{{- fail (printf "%s: timeout must be a positive duration such as 60s, 2m or 1m30s, or a number of seconds; got %v" $p $s.timeout) -}}
+{{- end -}}
+{{- if eq (int64 $timeoutMs) 0 -}}
+{{- fail (printf "%s: timeout must be positive, e.g. 60s or 2m; got %v" $p $s.timeout) -}}
+{{- end -}}
+{{- $_ = set $out "timeout" $timeout -}}
+{{- range $key := list "activeDeadlineSeconds" "backoffLimit" "hookWeight" -}}
+{{- if not (include "storageclass-migrate.isNumber" (get $s $key)) -}}
+{{- fail (printf "%s: %s must be a number; got %v" $p $key (get $s $key)) -}}
+{{- end -}}
+{{- end -}}
+{{- if le (mul (int64 $s.activeDeadlineSeconds) 1000) (mul $timeoutMs 2) -}}
+{{- fail (printf "%s: activeDeadlineSeconds (%d) must exceed twice the timeout (%s: one wait for the claim, one for its volume), so that the hook can report its own timeout; keep it below helm's --timeout" $p (int64 $s.activeDeadlineSeconds) $timeout) -}}
+{{- end -}}
+{{- if lt (int64 $s.backoffLimit) 0 -}}
+{{- fail (printf "%s: backoffLimit must not be negative; got %v" $p $s.backoffLimit) -}}
+{{- end -}}
+
+{{- /* Image, service account. */ -}}
+{{- if not (and (kindIs "map" $s.image) $s.image.repository) -}}
+{{- fail (printf "%s: image.repository must be set" $p) -}}
+{{- end -}}
+{{- $image := $s.image.repository -}}
+{{- if $s.image.tag -}}
+{{- $image = printf "%s:%s" $image $s.image.tag -}}
+{{- end -}}
+{{- if $s.image.digest -}}
+{{- $image = printf "%s@%s" $image $s.image.digest -}}
+{{- end -}}
+{{- $_ = set $out "image" $image -}}
+{{- $rbacCreate := true -}}
+{{- if and (kindIs "map" $s.rbac) (hasKey $s.rbac "create") -}}
+{{- $rbacCreate = $s.rbac.create -}}
+{{- end -}}
+{{- $_ = set $out "rbacCreate" $rbacCreate -}}
+{{- if $rbacCreate -}}
+{{- $_ = set $out "serviceAccountName" $out.name -}}
+{{- else if $s.serviceAccountName -}}
+{{- $_ = set $out "serviceAccountName" $s.serviceAccountName -}}
+{{- else -}}
+{{- fail (printf "%s: with rbac.create false, set serviceAccountName to an account that holds the rules of rbac-rules.json" $p) -}}
+{{- end -}}
+{{- $pullSecrets := list -}}
+{{- range $s.imagePullSecrets -}}
+{{- if kindIs "string" . -}}
+{{- $pullSecrets = append $pullSecrets (dict "name" .) -}}
+{{- else -}}
+{{- $pullSecrets = append $pullSecrets (dict "name" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ = set $out "imagePullSecrets" $pullSecrets -}}
+{{- $_ = set $out "rbacWeight" (sub (int64 $s.hookWeight) 5) -}}
+{{- $_ = set $out "jobWeight" (int64 $s.hookWeight) -}}
+{{- end -}}
+
+{{- /* labels STATE: labels of every object of the hook. */ -}}
+{{- define "storageclass-migrate.labels" -}}
+app.kubernetes.io/name: storageclass-migrate
+app.kubernetes.io/instance: {{ .context.Release.Name | quote }}
+app.kubernetes.io/component: {{ include "storageclass-migrate.fitName" (dict "base" .id "max" 63) | quote }}
+app.kubernetes.io/part-of: {{ .context.Chart.Name | quote }}
+app.kubernetes.io/managed-by: {{ .context.Release.Service | quote }}
+helm.sh/chart: {{ printf "%s-%s" .context.Chart.Name .context.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" | quote }}
+{{- end -}}
+
+{{- /* hookAnnotations (dict "state" STATE "weight" INT): the helm hook annotations. */ -}}
+{{- define "storageclass-migrate.hookAnnotations" -}}
+helm.sh/hook: pre-install,pre-upgrade
+helm.sh/hook-weight: {{ .weight | toString | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end -}}
+
+{{- /*
+rules (dict "rules" LIST "state" STATE): the RBAC rules of rbac-rules.json that the settings need.
+"when": always | inUseEvict (inUse is evict) | writeVolumes (deleteRetainedPV or
+stripAllFinalizers); "limitToClaimNames": the rule names the claims when they are given by name
+only (a selector picks names unknown here); "limitToNamespace": the rule names the release's
+namespace.
+*/ -}}
+{{- define "storageclass-migrate.rules" -}}
+{{- $state := .state -}}
+{{- range $rule := .rules -}}
+{{- range $key, $_ := $rule -}}
+{{- if not (has $key (list "when" "apiGroups" "resources" "verbs" "limitToClaimNames" "limitToNamespace")) -}}
+{{- fail (printf "storageclass-migrate: rbac-rules.json: unknown key %q in a rule" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $when := get $rule "when" -}}
+{{- $on := false -}}
+{{- if eq $when "always" -}}
+{{- $on = true -}}
+{{- else if eq $when "inUseEvict" -}}
+{{- $on = eq $state.s.inUse "evict" -}}
+{{- else if eq $when "writeVolumes" -}}
+{{- $on = or $state.s.deleteRetainedPV $state.s.stripAllFinalizers -}}
+{{- else -}}
+{{- fail (printf "storageclass-migrate: rbac-rules.json: unknown \"when\" %q" $when) -}}
+{{- end -}}
+{{- if $on }}
+- apiGroups: {{ toJson $rule.apiGroups }}
+  resources: {{ toJson $rule.resources }}
+  verbs: {{ toJson $rule.verbs }}
+{{- if and (get $rule "limitToClaimNames") (get $rule "limitToNamespace") -}}
+{{- fail "storageclass-migrate: rbac-rules.json: a rule cannot have both limitToClaimNames and limitToNamespace" -}}
+{{- end -}}
+{{- if and (get $rule "limitToClaimNames") $state.claims (not $state.selector) }}
+  resourceNames: {{ toJson $state.claims }}
+{{- else if get $rule "limitToNamespace" }}
+  resourceNames: {{ list $state.namespace | toJson }}
+{{- end }}
+{{- end }}
+{{- end -}}
+{{- end -}}
