@@ -360,11 +360,12 @@ async fn execute(ctx: &Context, plan: Plan, report: &mut Report) -> Result<(), E
         if !plan.users.is_empty() {
             warn!(pods = %join(&plan.users), "stripping {} while pods still mount the claim (--in-use force)", decision::PVC_PROTECTION);
         }
-        strip_claim(ctx, &plan, false).await?;
-        report.done(format!(
-            "stripped claim finalizers {}",
-            plan.strip_claim.join(" ")
-        ));
+        if strip_claim(ctx, &plan, false).await? {
+            report.done(format!(
+                "stripped claim finalizers {}",
+                plan.strip_claim.join(" ")
+            ));
+        }
     }
     for pod in &plan.evict {
         evict(ctx, pod, false).await?;
@@ -454,10 +455,12 @@ fn delete_params(uid: &str, resource_version: Option<String>, dry_run: bool) -> 
     }
 }
 
-async fn strip_claim(ctx: &Context, plan: &Plan, dry_run: bool) -> Result<(), Error> {
+/// Strips the plan's finalizers from the claim; says whether it did (the claim may be gone, or
+/// replaced by another with the same name, which is left alone).
+async fn strip_claim(ctx: &Context, plan: &Plan, dry_run: bool) -> Result<bool, Error> {
     let request = ctx.claim_request("patch", &plan.claim);
     let ours = |claim: &PersistentVolumeClaim| claim.uid().as_deref() == Some(plan.uid.as_str());
-    remove_finalizers(
+    let stripped = remove_finalizers(
         ctx,
         &ctx.claims,
         &plan.claim,
@@ -467,7 +470,7 @@ async fn strip_claim(ctx: &Context, plan: &Plan, dry_run: bool) -> Result<(), Er
         ours,
     )
     .await?;
-    Ok(())
+    Ok(stripped == Strip::Done)
 }
 
 /// Evicts through the Eviction API, so PodDisruptionBudgets apply. The body is written here
