@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long, env = "DELETE_RETAINED_PV", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub delete_retained_pv: bool,
 
-    /// Strip every finalizer of the claim and its volume, as the kubectl script does (may leak the backing volume)
+    /// Strip every finalizer of the claim and its volume, as the kubectl script means to (may leak the backing volume)
     #[arg(long, env = "STRIP_ALL_FINALIZERS", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub strip_all_finalizers: bool,
 

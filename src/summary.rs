@@ -98,9 +98,17 @@ pub fn termination_message(lines: &[String]) -> String {
     message
 }
 
-/// Writes the termination message, best effort: outside a pod the file usually does not exist.
+/// Writes the termination message, best effort, into a file that must exist (the kubelet creates
+/// it): run by hand outside a pod, nothing is created, not even as root.
 pub fn write_termination_log(path: &Path, lines: &[String]) {
-    if let Err(error) = std::fs::write(path, termination_message(lines)) {
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, termination_message(lines).as_bytes())
+        });
+    if let Err(error) = written {
         tracing::debug!(path = %path.display(), %error, "termination message not written");
     }
 }
@@ -145,11 +153,15 @@ mod tests {
     }
 
     #[test]
-    fn termination_log_is_best_effort() {
+    fn termination_log_is_written_only_where_it_exists() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("termination-log");
+        std::fs::write(&path, "an older and longer message").unwrap();
         write_termination_log(&path, &["ns/a: migrated".into()]);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "ns/a: migrated");
+        let missing = dir.path().join("not-created");
+        write_termination_log(&missing, &["x".into()]);
+        assert!(!missing.exists());
         write_termination_log(&dir.path().join("missing/dir/file"), &["x".into()]);
     }
 }

@@ -79,11 +79,13 @@ impl fmt::Display for Run {
 }
 
 /// Runs the binary in `ns` (`PVC_NAMESPACE`) with `envs`, as the hook Job does, with
-/// `TERMINATION_LOG` in a temporary directory. Checks on every run that the termination message
+/// `TERMINATION_LOG` in a temporary directory, created empty as the kubelet does. Checks on every run that the termination message
 /// holds the summary lines of stdout.
 async fn run(ns: &TestNamespace, envs: &[(&str, &str)]) -> Run {
     let dir = tempfile::tempdir().expect("temporary directory");
     let log = dir.path().join("termination-log");
+    // The kubelet creates the file; the binary only writes into it.
+    std::fs::write(&log, "").expect("termination log");
     let log_path = log.to_str().expect("UTF-8 path").to_owned();
     let mut all = vec![
         ("PVC_NAMESPACE", ns.name()),

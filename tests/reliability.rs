@@ -79,6 +79,8 @@ fn spawn(kubeconfig: &Path, env: &[(String, String)]) -> Binary {
         .tempdir()
         .expect("temporary directory");
     let termination_log = dir.path().join("termination-log");
+    // The kubelet creates the file; the binary only writes into it.
+    std::fs::write(&termination_log, "").expect("termination log");
     let mut command = Command::new(BINARY);
     command
         .env_clear()

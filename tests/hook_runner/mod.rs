@@ -1,0 +1,1365 @@
+//! Runs the pods of Jobs in place of a kubelet, so that Helm hook Jobs really run on the local
+//! control plane (which has no scheduler and no kubelet).
+//!
+//! A [`HookRunner`] watches the pods of one namespace that carry a label selector (by default
+//! every pod a Job made: `batch.kubernetes.io/job-name`) and, for each new pod:
+//!
+//! 1. sets it `Running`, as a kubelet would once the container started;
+//! 2. prepares what a kubelet gives the container: its environment (`value`, and `valueFrom`
+//!    field, ConfigMap and Secret references), the variables of the `kubernetes` service
+//!    (`KUBERNETES_SERVICE_HOST=127.0.0.1`, `KUBERNETES_SERVICE_PORT` of the local apiserver), and
+//!    its volume mounts; the projected service-account volume that admission adds gets a token
+//!    from the TokenRequest API bound to the pod, `ca.crt` from the namespace's `kube-root-ca.crt`
+//!    ConfigMap and `namespace`, so that the program takes its in-cluster path with the RBAC the
+//!    chart gave its ServiceAccount. It waits until the apiserver's authoriser has the bindings
+//!    of that ServiceAccount (a kubelet's image pull and container start take longer than that);
+//! 3. runs the container as the securityContext says (numeric `runAsUser`/`runAsGroup`, else the
+//!    image's user; `runAsNonRoot` checked), with a file mounted at `terminationMessagePath`;
+//! 4. writes the pod's status: phase `Succeeded` or `Failed`, and the container's
+//!    `state.terminated` with exit code, reason and the termination message (the file, or with
+//!    `FallbackToLogsOnError` and a failure the tail of the output, as a kubelet does).
+//!
+//! The Job controller then completes or fails the Job, with its `podFailurePolicy`, and Helm goes
+//! on or fails. The pods stay unscheduled (`spec.nodeName` empty): the Job controller counts pods
+//! by their phase and container statuses, and the apiserver accepts status writes for unscheduled
+//! pods, as Kubernetes' own Job integration tests do.
+//!
+//! How a container runs:
+//!
+//! * **image** (the default): in a container of the image with buildah (`buildah from
+//!   --pull-never`, `buildah run --isolation chroot`, vfs storage, `BUILDAH_ROOT` as for
+//!   `scripts/build-image.sh`). buildah's chroot isolation binds the host's `/dev` read-only and
+//!   skips mounts below `/dev`, `/proc` and `/sys`; a termination-message path there (the default
+//!   `/dev/termination-log`) is mounted at [`RELOCATED_TERMINATION_LOG`] instead and
+//!   `TERMINATION_LOG` (the variable storageclass-migrate reads) points there, unless the pod
+//!   sets it. Each run says so in its notes.
+//! * **host binary**: where the image cannot be run (no buildah, no such image, or
+//!   `STORAGECLASS_MIGRATE_HOOK_RUNNER=binary`), the storageclass-migrate binary built for the
+//!   tests runs on the host instead, as the pod's user, with a kubeconfig made from the pod's
+//!   token (the host has no `/var/run/secrets/...` to mount it at). A message on the test output
+//!   says so.
+//! * **host command**: images listed in [`RunnerOpts::host_images`] (a kubectl image for the old
+//!   kubectl script) run their `command`/`args` on the host, as the pod's user, with a directory
+//!   holding kubectl first on `PATH`, `HOME` in a fresh directory and a kubeconfig made from the
+//!   pod's token.
+#![allow(dead_code)]
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+    io::{Read, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Condvar, Mutex, OnceLock},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::{TryStreamExt, channel::oneshot};
+use k8s_openapi::api::{
+    authentication::v1::TokenRequest,
+    authorization::v1::SubjectAccessReview,
+    core::v1::{ConfigMap, Container, Pod, Secret, ServiceAccount, Volume},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::{Value, json};
+
+use crate::common::{self, BINARY, ControlPlane};
+
+/// `image` or `binary`: how to run storageclass-migrate images (default: `image` where possible).
+pub const MODE_ENV: &str = "STORAGECLASS_MIGRATE_HOOK_RUNNER";
+/// Where a termination-message file below `/dev`, `/proc` or `/sys` is mounted in image mode.
+pub const RELOCATED_TERMINATION_LOG: &str = "/run/termination-log";
+/// The kubelet's limit on a termination message.
+const MESSAGE_LIMIT: usize = 4096;
+/// The kubelet's limits on the log tail used by `FallbackToLogsOnError`.
+const FALLBACK_LINES: usize = 80;
+const FALLBACK_BYTES: usize = 2048;
+
+/// What a [`HookRunner`] watches and how it runs what it finds.
+#[derive(Clone, Debug)]
+pub struct RunnerOpts {
+    /// Label selector of the pods to run.
+    pub selector: String,
+    /// Images (by prefix) whose command runs on the host, each with the directory to put first
+    /// on `PATH` (e.g. `bitnami/kubectl` and the directory of the kubectl built for the tests).
+    pub host_images: Vec<(String, PathBuf)>,
+    /// Pods wait here, after their RBAC is in place and before they run: runners of several
+    /// namespaces sharing one rendezvous run their hooks at the same time.
+    pub rendezvous: Option<Arc<Rendezvous>>,
+    /// A container running longer is killed (exit status 137).
+    pub max_run: Duration,
+}
+
+impl Default for RunnerOpts {
+    fn default() -> Self {
+        RunnerOpts {
+            selector: "batch.kubernetes.io/job-name".into(),
+            host_images: vec![],
+            rendezvous: None,
+            max_run: Duration::from_secs(150),
+        }
+    }
+}
+
+/// A barrier for `n` parties that gives up after a timeout (a party that never comes must not
+/// hang the runners).
+#[derive(Debug)]
+pub struct Rendezvous {
+    n: usize,
+    /// (parties waiting in this round, round)
+    state: Mutex<(usize, u64)>,
+    released: Condvar,
+}
+
+impl Rendezvous {
+    pub fn new(n: usize) -> Rendezvous {
+        Rendezvous {
+            n,
+            state: Mutex::new((0, 0)),
+            released: Condvar::new(),
+        }
+    }
+
+    /// Waits until `n` parties wait, or `timeout`; true if they met.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let round = state.1;
+        state.0 += 1;
+        if state.0 == self.n {
+            *state = (0, round + 1);
+            self.released.notify_all();
+            return true;
+        }
+        let (state, _) = self
+            .released
+            .wait_timeout_while(state, timeout, |s| s.1 == round)
+            .unwrap();
+        state.1 != round
+    }
+}
+
+/// How a container was run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum How {
+    /// In a buildah container of the image.
+    Image { image: String, id: String },
+    /// The test build of storageclass-migrate on the host, and why.
+    HostBinary { why: String },
+    /// The pod's command on the host, with this directory first on `PATH`.
+    HostCommand { path_dir: PathBuf },
+    /// Not run: the container could not be set up (reason `StartError`).
+    NotRun,
+}
+
+/// One pod the runner ran.
+#[derive(Clone, Debug)]
+pub struct HookRun {
+    pub pod: String,
+    pub job: Option<String>,
+    pub service_account: String,
+    pub how: How,
+    /// The user and group it ran as (`None`: the image's or the runner's own).
+    pub user: Option<(i64, Option<i64>)>,
+    pub exit_code: i32,
+    pub reason: String,
+    /// stdout and stderr, interleaved as written.
+    pub output: String,
+    /// What went into `state.terminated.message`.
+    pub termination_message: String,
+    /// Bindings (`RoleBinding/<ns>/<name>`, `ClusterRoleBinding/<name>`) that named the pod's
+    /// ServiceAccount when it ran.
+    pub bindings: Vec<String>,
+    /// Where the run differs from a kubelet's, and other remarks.
+    pub notes: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for HookRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "pod {} (job {:?}, service account {}): {:?} as {:?}: exit {} ({}) after {:.1?}",
+            self.pod,
+            self.job,
+            self.service_account,
+            self.how,
+            self.user,
+            self.exit_code,
+            self.reason,
+            self.elapsed
+        )?;
+        writeln!(f, "  bindings: {:?}", self.bindings)?;
+        for note in &self.notes {
+            writeln!(f, "  note: {note}")?;
+        }
+        writeln!(f, "  termination message: {:?}", self.termination_message)?;
+        write!(f, "  output:\n{}", indent(&self.output))
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// Runs the pods of one namespace until dropped. See the module documentation.
+pub struct HookRunner {
+    namespace: String,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+    runs: Arc<Mutex<Vec<HookRun>>>,
+}
+
+impl HookRunner {
+    /// Starts a runner for `namespace`; returns once its watch is established, so that a pod
+    /// created next is seen.
+    pub fn start(namespace: &str, opts: RunnerOpts) -> HookRunner {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let record = runs.clone();
+        let ns = namespace.to_string();
+        let thread = thread::Builder::new()
+            .name(format!("hook-runner-{ns}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(watch_and_run(ns, opts, record, ready_tx, stop_rx));
+            })
+            .expect("spawning the hook runner");
+        let _ = ready_rx.recv_timeout(common::WAIT_TIMEOUT);
+        HookRunner {
+            namespace: namespace.to_string(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            runs,
+        }
+    }
+
+    /// The pods run so far, in the order they finished.
+    pub fn runs(&self) -> Vec<HookRun> {
+        self.runs.lock().unwrap().clone()
+    }
+
+    /// Every run, for assertion messages.
+    pub fn report(&self) -> String {
+        let runs = self.runs();
+        if runs.is_empty() {
+            return format!("hook runner for {}: no pod run", self.namespace);
+        }
+        runs.iter()
+            .map(|r| format!("hook runner for {}: {r}", self.namespace))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for HookRunner {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn watch_and_run(
+    ns: String,
+    opts: RunnerOpts,
+    record: Arc<Mutex<Vec<HookRun>>>,
+    ready: std::sync::mpsc::Sender<()>,
+    stop: oneshot::Receiver<()>,
+) {
+    let client = common::client().await;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut ready = Some(ready);
+    let mut handled = HashSet::new();
+    let opts = Arc::new(opts);
+    let config = watcher::Config::default().labels(&opts.selector);
+    let events = watcher(api, config).default_backoff();
+    let work = events.try_for_each(|event| {
+        if matches!(event, watcher::Event::InitDone)
+            && let Some(tx) = ready.take()
+        {
+            let _ = tx.send(());
+        }
+        if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) = event {
+            let pending = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_none_or(|p| p == "Pending");
+            if pending
+                && pod.metadata.deletion_timestamp.is_none()
+                && handled.insert(pod.uid().unwrap_or_default())
+            {
+                let client = client.clone();
+                let opts = opts.clone();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let run = run_pod(&client, &pod, &opts).await;
+                    record.lock().unwrap().push(run);
+                });
+            }
+        }
+        futures::future::ready(Ok(()))
+    });
+    tokio::select! {
+        _ = stop => {}
+        r = work => eprintln!("hook runner for {ns} stopped: {r:?}"),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// One pod
+
+/// Everything a container run needs, prepared from the pod and the API.
+struct Prepared {
+    namespace: String,
+    container: Container,
+    image: String,
+    how: How,
+    env: Vec<(String, String)>,
+    /// (host path, container path, read-only)
+    mounts: Vec<(PathBuf, String, bool)>,
+    /// The projected service-account token, for kubeconfigs of the host modes.
+    token: Option<String>,
+    user: Option<(i64, Option<i64>)>,
+    argv: Vec<String>,
+    termination_log: PathBuf,
+    /// Holds the pod's files (volumes, termination message, kubeconfig) until the run is over.
+    dir: tempfile::TempDir,
+    bindings: Vec<String>,
+    notes: Vec<String>,
+}
+
+async fn run_pod(client: &Client, pod: &Pod, opts: &RunnerOpts) -> HookRun {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let name = pod.name_any();
+    let ns = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let sa = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let job = pod.labels().get("batch.kubernetes.io/job-name").cloned();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let container = spec.containers.first().cloned().unwrap_or_default();
+
+    set_running(&pods, &name, &container, started).await;
+    let mut run = HookRun {
+        pod: name.clone(),
+        job,
+        service_account: sa,
+        how: How::NotRun,
+        user: None,
+        exit_code: 128,
+        reason: "StartError".into(),
+        output: String::new(),
+        termination_message: String::new(),
+        bindings: vec![],
+        notes: vec![],
+        elapsed: Duration::ZERO,
+    };
+    match prepare(client, pod, opts).await {
+        Err(message) => run.termination_message = message,
+        Ok(prepared) => {
+            run.how = prepared.how.clone();
+            run.user = prepared.user;
+            run.bindings = prepared.bindings.clone();
+            run.notes = prepared.notes.clone();
+            if let Some(rendezvous) = &opts.rendezvous {
+                let rendezvous = rendezvous.clone();
+                let met =
+                    tokio::task::spawn_blocking(move || rendezvous.wait(Duration::from_secs(30)))
+                        .await
+                        .unwrap_or(false);
+                run.notes.push(if met {
+                    "ran together with the other parties of its rendezvous".into()
+                } else {
+                    "ran alone: the other parties of its rendezvous did not come within 30s".into()
+                });
+            }
+            let max_run = opts.max_run;
+            let done = tokio::task::spawn_blocking(move || execute(prepared, max_run))
+                .await
+                .expect("container run");
+            run.exit_code = done.exit_code;
+            run.output = done.output;
+            run.termination_message = done.termination_message;
+            run.reason = if done.exit_code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
+            run.notes.extend(done.notes);
+        }
+    }
+    run.elapsed = clock.elapsed();
+    set_terminated(&pods, &name, &container, &run, started).await;
+    run
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+async fn set_running(pods: &Api<Pod>, name: &str, container: &Container, started: SystemTime) {
+    let status = json!({"status": {
+        "phase": "Running",
+        "startTime": rfc3339(started),
+        "containerStatuses": [{
+            "name": container.name,
+            "image": container.image.clone().unwrap_or_default(),
+            "imageID": "",
+            "ready": true,
+            "started": true,
+            "restartCount": 0,
+            "state": {"running": {"startedAt": rfc3339(started)}},
+        }],
+    }});
+    // The pod may be gone already (the Job deleted meanwhile): nothing to report then.
+    let _ = pods
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await;
+}
+
+async fn set_terminated(
+    pods: &Api<Pod>,
+    name: &str,
+    container: &Container,
+    run: &HookRun,
+    started: SystemTime,
+) {
+    let image_id = match &run.how {
+        How::Image { id, .. } => format!("buildah://{id}"),
+        _ => String::new(),
+    };
+    let status = json!({"status": {
+        "phase": if run.exit_code == 0 { "Succeeded" } else { "Failed" },
+        "startTime": rfc3339(started),
+        "containerStatuses": [{
+            "name": container.name,
+            "image": container.image.clone().unwrap_or_default(),
+            "imageID": image_id,
+            "ready": false,
+            "started": false,
+            "restartCount": 0,
+            "state": {"terminated": {
+                "exitCode": run.exit_code,
+                "reason": run.reason,
+                "message": run.termination_message,
+                "startedAt": rfc3339(started),
+                "finishedAt": rfc3339(SystemTime::now()),
+            }},
+        }],
+    }});
+    if let Err(e) = pods
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+    {
+        eprintln!("hook runner: writing the status of pod {name}: {e}");
+    }
+}
+
+async fn prepare(client: &Client, pod: &Pod, opts: &RunnerOpts) -> Result<Prepared, String> {
+    let cp = ControlPlane::get();
+    let ns = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    if spec.containers.len() != 1 || spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Err("the hook runner runs pods of exactly one container".into());
+    }
+    let container = spec.containers[0].clone();
+    let image = container.image.clone().unwrap_or_default();
+    let mut notes = vec![];
+    let how = choose(&image, opts);
+    let image_config = match &how {
+        How::Image { image, .. } => image_config(image).ok(),
+        _ => None,
+    };
+    if let How::HostBinary { why } = &how {
+        say_once(&format!(
+            "hook runner: running the host binary {BINARY} instead of image {image}: {why}"
+        ));
+    }
+    if let Some(cfg) = &image_config
+        && let Some(stale) = &cfg.stale
+    {
+        say_once(&format!("hook runner: {stale}"));
+        notes.push(stale.clone());
+    }
+
+    // The user, as the kubelet resolves it: container, then pod securityContext, then image.
+    let csc = container.security_context.clone().unwrap_or_default();
+    let psc = spec.security_context.clone().unwrap_or_default();
+    let uid = csc.run_as_user.or(psc.run_as_user);
+    let gid = csc.run_as_group.or(psc.run_as_group);
+    let image_uid = image_config
+        .as_ref()
+        .and_then(|c| c.user.split(':').next().and_then(|u| u.parse::<i64>().ok()));
+    let non_root = csc.run_as_non_root.or(psc.run_as_non_root) == Some(true);
+    if non_root && uid.or(image_uid) == Some(0) {
+        return Err("container's runAsUser breaks non-root policy".into());
+    }
+    let user = uid.map(|u| (u, gid));
+
+    let dir = tempfile::Builder::new()
+        .prefix("storageclass-migrate-hook-")
+        .tempdir()
+        .map_err(|e| format!("temporary directory: {e}"))?;
+    chmod(dir.path(), 0o755);
+
+    // Environment: the kubernetes service's variables, then the container's (which win).
+    let port = cp
+        .apiserver_url
+        .rsplit(':')
+        .next()
+        .unwrap_or("443")
+        .to_string();
+    let mut env: Vec<(String, String)> = vec![
+        ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
+        ("KUBERNETES_SERVICE_PORT".into(), port.clone()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.clone()),
+        ("KUBERNETES_PORT".into(), format!("tcp://127.0.0.1:{port}")),
+        ("HOSTNAME".into(), pod.name_any()),
+    ];
+    for (k, v) in resolve_env(client, pod, &container).await? {
+        env.retain(|(name, _)| *name != k);
+        env.push((k, v));
+    }
+
+    // Volumes.
+    let mut mounts = vec![];
+    let mut token = None;
+    let volumes = spec.volumes.clone().unwrap_or_default();
+    for (i, mount) in container
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if mount.sub_path.is_some() || mount.sub_path_expr.is_some() {
+            return Err(format!(
+                "volume mount {}: subPath is not supported",
+                mount.name
+            ));
+        }
+        let volume = volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .ok_or_else(|| format!("volume mount {}: no such volume", mount.name))?;
+        let host = dir.path().join(format!("volume-{i}"));
+        fs::create_dir(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+        chmod(&host, 0o755);
+        if let Some(t) = materialize(client, pod, volume, &host).await? {
+            token = Some(t);
+        }
+        mounts.push((
+            host,
+            mount.mount_path.clone(),
+            mount.read_only.unwrap_or(false),
+        ));
+    }
+
+    // The termination-message file, writable by the container's user.
+    let termination_log = dir.path().join("termination-log");
+    fs::write(&termination_log, "").map_err(|e| format!("termination log: {e}"))?;
+    chmod(&termination_log, 0o666);
+    let message_path = container
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".into());
+    match &how {
+        How::Image { .. } => {
+            let special = ["/dev/", "/proc/", "/sys/"]
+                .iter()
+                .any(|p| message_path.starts_with(p));
+            if special {
+                notes.push(format!(
+                    "terminationMessagePath {message_path} is below a directory that buildah's \
+                     chroot isolation binds from the host (mounts there are skipped): mounted at \
+                     {RELOCATED_TERMINATION_LOG}, TERMINATION_LOG points there"
+                ));
+                mounts.push((
+                    termination_log.clone(),
+                    RELOCATED_TERMINATION_LOG.into(),
+                    false,
+                ));
+                if !env.iter().any(|(k, _)| k == "TERMINATION_LOG") {
+                    env.push(("TERMINATION_LOG".into(), RELOCATED_TERMINATION_LOG.into()));
+                }
+            } else {
+                mounts.push((termination_log.clone(), message_path.clone(), false));
+            }
+        }
+        How::HostBinary { .. } | How::HostCommand { .. } => {
+            notes.push(format!(
+                "on the host: terminationMessagePath {message_path} cannot be mounted; \
+                 TERMINATION_LOG points to a file of the runner"
+            ));
+            if !env.iter().any(|(k, _)| k == "TERMINATION_LOG") {
+                env.push((
+                    "TERMINATION_LOG".into(),
+                    termination_log.display().to_string(),
+                ));
+            }
+        }
+        How::NotRun => {}
+    }
+
+    // The command, with the kubelet's rules for command, args and the image's entrypoint/cmd.
+    let (entrypoint, cmd) = match &image_config {
+        Some(c) => (c.entrypoint.clone(), c.cmd.clone()),
+        None if matches!(how, How::HostBinary { .. }) => {
+            (vec!["/storageclass-migrate".to_string()], vec![])
+        }
+        None => (vec![], vec![]),
+    };
+    let argv = command_line(&container, &entrypoint, &cmd, &env);
+    if argv.is_empty() {
+        return Err("no command: neither the container nor the image names one".into());
+    }
+
+    let bindings = wait_for_rbac(client, &ns, &spec.service_account_name.unwrap_or_default()).await;
+    Ok(Prepared {
+        namespace: ns,
+        container,
+        image,
+        how,
+        env,
+        mounts,
+        token,
+        user,
+        argv,
+        termination_log,
+        dir,
+        bindings,
+        notes,
+    })
+}
+
+/// Image mode unless the image is one of the host images, or storageclass-migrate's image
+/// cannot be run here.
+fn choose(image: &str, opts: &RunnerOpts) -> How {
+    if let Some((_, dir)) = opts
+        .host_images
+        .iter()
+        .find(|(prefix, _)| image.starts_with(prefix.as_str()))
+    {
+        return How::HostCommand {
+            path_dir: dir.clone(),
+        };
+    }
+    let ours = image.contains("storageclass-migrate");
+    let forced = std::env::var(MODE_ENV).unwrap_or_default();
+    if ours && forced == "binary" {
+        return How::HostBinary {
+            why: format!("{MODE_ENV}=binary"),
+        };
+    }
+    match image_config(image) {
+        Ok(cfg) => How::Image {
+            image: image.into(),
+            id: cfg.id.clone(),
+        },
+        Err(why) if ours => How::HostBinary { why },
+        Err(_) => How::NotRun,
+    }
+}
+
+/// What the runner needs of an image's configuration.
+#[derive(Clone, Debug)]
+struct ImageConfig {
+    id: String,
+    user: String,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    /// A warning if the image is older than the sources it was built from.
+    stale: Option<String>,
+}
+
+/// `buildah` with the storage options of scripts/build-image.sh.
+fn buildah() -> Command {
+    let mut cmd = Command::new("buildah");
+    cmd.args(["--storage-driver", "vfs"]);
+    if let Some(root) = std::env::var_os("BUILDAH_ROOT").filter(|r| !r.is_empty()) {
+        let root = PathBuf::from(root);
+        cmd.arg("--root").arg(root.join("root"));
+        cmd.arg("--runroot").arg(root.join("run"));
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// The image's configuration, looked up once per image and test process.
+fn image_config(image: &str) -> Result<ImageConfig, String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Result<ImageConfig, String>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().unwrap().get(image) {
+        return c.clone();
+    }
+    let result = inspect_image(image);
+    cache
+        .lock()
+        .unwrap()
+        .insert(image.to_string(), result.clone());
+    result
+}
+
+fn inspect_image(image: &str) -> Result<ImageConfig, String> {
+    let out = buildah()
+        .args(["inspect", "--type", "image"])
+        .arg(image)
+        .output()
+        .map_err(|e| format!("buildah is not available ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "no image {image} in buildah's storage (scripts/build-image.sh builds it): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let info: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("buildah inspect {image}: {e}"))?;
+    let oci = &info["OCIv1"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let created = oci["created"].as_str().unwrap_or_default().to_string();
+    Ok(ImageConfig {
+        id: info["FromImageID"].as_str().unwrap_or_default().into(),
+        user: oci["config"]["User"].as_str().unwrap_or_default().into(),
+        entrypoint: strings(&oci["config"]["Entrypoint"]),
+        cmd: strings(&oci["config"]["Cmd"]),
+        stale: staleness(image, &created),
+    })
+}
+
+/// A warning if a file of src/ (or Cargo.toml, Cargo.lock) is newer than the image.
+fn staleness(image: &str, created: &str) -> Option<String> {
+    let created = humantime::parse_rfc3339_weak(created.get(..19)?).ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut consider = |path: PathBuf| {
+        if let Ok(m) = fs::metadata(&path).and_then(|m| m.modified())
+            && newest.as_ref().is_none_or(|(t, _)| m > *t)
+        {
+            newest = Some((m, path));
+        }
+    };
+    for entry in fs::read_dir(root.join("src")).ok()?.flatten() {
+        consider(entry.path());
+    }
+    consider(root.join("Cargo.toml"));
+    consider(root.join("Cargo.lock"));
+    let (modified, path) = newest?;
+    (modified > created + Duration::from_secs(1)).then(|| {
+        format!(
+            "image {image} was built at {} but {} changed at {}: it may not hold the current \
+             code (scripts/build-image.sh rebuilds it)",
+            rfc3339(created),
+            path.display(),
+            rfc3339(modified)
+        )
+    })
+}
+
+/// Prints a message once per test process, past the test harness's output capture.
+pub fn say_once(message: &str) {
+    static SAID: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    if SAID
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .insert(message.to_string())
+    {
+        let _ = writeln!(std::io::stderr(), "{message}");
+    }
+}
+
+fn chmod(path: &Path, mode: u32) {
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+}
+
+fn chown(path: &Path, user: Option<(i64, Option<i64>)>) {
+    if let Some((uid, gid)) = user {
+        let _ = std::os::unix::fs::chown(
+            path,
+            u32::try_from(uid).ok(),
+            gid.and_then(|g| u32::try_from(g).ok()),
+        );
+    }
+}
+
+/// The container's variables: `value` (with `$(VAR)` references to earlier ones), `valueFrom`
+/// (fieldRef, configMapKeyRef, secretKeyRef) and `envFrom`.
+async fn resolve_env(
+    client: &Client,
+    pod: &Pod,
+    container: &Container,
+) -> Result<Vec<(String, String)>, String> {
+    let ns = pod.namespace().unwrap_or_default();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut out: Vec<(String, String)> = vec![];
+    for from in container.env_from.clone().unwrap_or_default() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(r) = from.config_map_ref {
+            match config_maps.get_opt(&r.name).await {
+                Ok(Some(cm)) => {
+                    for (k, v) in cm.data.unwrap_or_default() {
+                        out.push((format!("{prefix}{k}"), v));
+                    }
+                }
+                _ if r.optional == Some(true) => {}
+                other => return Err(format!("envFrom ConfigMap {}: {other:?}", r.name)),
+            }
+        }
+        if let Some(r) = from.secret_ref {
+            match secrets.get_opt(&r.name).await {
+                Ok(Some(s)) => {
+                    for (k, v) in s.data.unwrap_or_default() {
+                        out.push((format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into()));
+                    }
+                }
+                _ if r.optional == Some(true) => {}
+                other => return Err(format!("envFrom Secret {}: {other:?}", r.name)),
+            }
+        }
+    }
+    for var in container.env.clone().unwrap_or_default() {
+        let value = if let Some(value) = var.value {
+            expand(&value, &out)
+        } else if let Some(from) = var.value_from {
+            if let Some(f) = from.field_ref {
+                field(pod, &f.field_path)
+                    .ok_or_else(|| format!("env {}: fieldRef {}", var.name, f.field_path))?
+            } else if let Some(r) = from.config_map_key_ref {
+                let cm = config_maps.get_opt(&r.name).await.ok().flatten();
+                match cm.and_then(|c| c.data).and_then(|d| d.get(&r.key).cloned()) {
+                    Some(v) => v,
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(format!(
+                            "env {}: key {} of ConfigMap {} not found",
+                            var.name, r.key, r.name
+                        ));
+                    }
+                }
+            } else if let Some(r) = from.secret_key_ref {
+                let s = secrets.get_opt(&r.name).await.ok().flatten();
+                match s.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()) {
+                    Some(v) => String::from_utf8_lossy(&v.0).into(),
+                    None if r.optional == Some(true) => continue,
+                    None => {
+                        return Err(format!(
+                            "env {}: key {} of Secret {} not found",
+                            var.name, r.key, r.name
+                        ));
+                    }
+                }
+            } else {
+                return Err(format!(
+                    "env {}: this kind of valueFrom is not supported by the hook runner",
+                    var.name
+                ));
+            }
+        } else {
+            String::new()
+        };
+        out.retain(|(k, _)| *k != var.name);
+        out.push((var.name, value));
+    }
+    Ok(out)
+}
+
+/// `$(NAME)` replaced by the value of an earlier variable; `$$` is a literal `$`.
+fn expand(value: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(r) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = r;
+        } else if let Some(end) = rest.strip_prefix("$(").and_then(|r| r.find(')')) {
+            let name = &rest[2..2 + end];
+            match vars.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&rest[..3 + end]),
+            }
+            rest = &rest[3 + end..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The downward API's fields.
+fn field(pod: &Pod, path: &str) -> Option<String> {
+    let spec = pod.spec.as_ref();
+    let map = |m: &BTreeMap<String, String>, p: &str, prefix: &str| {
+        let key = p.strip_prefix(prefix)?.strip_suffix("']")?;
+        m.get(key).cloned()
+    };
+    Some(match path {
+        "metadata.name" => pod.name_any(),
+        "metadata.namespace" => pod.namespace().unwrap_or_default(),
+        "metadata.uid" => pod.uid().unwrap_or_default(),
+        "spec.serviceAccountName" => spec?.service_account_name.clone().unwrap_or_default(),
+        "spec.nodeName" => spec?.node_name.clone().unwrap_or_default(),
+        "status.podIP" | "status.hostIP" => "127.0.0.1".into(),
+        p if p.starts_with("metadata.labels['") => map(pod.labels(), p, "metadata.labels['")?,
+        p if p.starts_with("metadata.annotations['") => {
+            map(pod.annotations(), p, "metadata.annotations['")?
+        }
+        _ => return None,
+    })
+}
+
+/// Writes a volume's files under `host`. Returns the service-account token if it holds one.
+async fn materialize(
+    client: &Client,
+    pod: &Pod,
+    volume: &Volume,
+    host: &Path,
+) -> Result<Option<String>, String> {
+    let ns = pod.namespace().unwrap_or_default();
+    let write = |rel: &str, data: &[u8], mode: i32| -> Result<(), String> {
+        let path = host.join(rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        fs::write(&path, data).map_err(|e| format!("{}: {e}", path.display()))?;
+        chmod(&path, u32::try_from(mode).unwrap_or(0o644));
+        Ok(())
+    };
+    if volume.empty_dir.is_some() {
+        chmod(host, 0o777);
+        return Ok(None);
+    }
+    let Some(projected) = &volume.projected else {
+        return Err(format!(
+            "volume {}: only projected and emptyDir volumes are supported by the hook runner",
+            volume.name
+        ));
+    };
+    let mode = projected.default_mode.unwrap_or(0o644);
+    let mut token = None;
+    for source in projected.sources.clone().unwrap_or_default() {
+        if let Some(t) = source.service_account_token {
+            let spec = pod.spec.clone().unwrap_or_default();
+            let sa = spec
+                .service_account_name
+                .unwrap_or_else(|| "default".into());
+            let request: TokenRequest = common::from_json(json!({"spec": {
+                "audiences": t.audience.iter().collect::<Vec<_>>(),
+                "expirationSeconds": t.expiration_seconds.unwrap_or(3607),
+                "boundObjectRef": {
+                    "kind": "Pod", "apiVersion": "v1",
+                    "name": pod.name_any(), "uid": pod.uid(),
+                },
+            }}));
+            let issued = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                .create_token_request(&sa, &PostParams::default(), &request)
+                .await
+                .map_err(|e| format!("TokenRequest for {ns}/{sa}: {e}"))?
+                .status
+                .ok_or("TokenRequest without status")?
+                .token;
+            write(&t.path, issued.as_bytes(), mode)?;
+            token = Some(issued);
+        }
+        if let Some(c) = source.config_map {
+            let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt(&c.name)
+                .await
+                .map_err(|e| format!("ConfigMap {}: {e}", c.name))?;
+            let Some(cm) = cm else {
+                if c.optional == Some(true) {
+                    continue;
+                }
+                return Err(format!("ConfigMap {ns}/{} not found", c.name));
+            };
+            let data = cm.data.unwrap_or_default();
+            let items: Vec<(String, String, Option<i32>)> = match c.items {
+                Some(items) => items.into_iter().map(|i| (i.key, i.path, i.mode)).collect(),
+                None => data.keys().map(|k| (k.clone(), k.clone(), None)).collect(),
+            };
+            for (key, path, item_mode) in items {
+                let value = data
+                    .get(&key)
+                    .ok_or_else(|| format!("key {key} of ConfigMap {} not found", c.name))?;
+                write(&path, value.as_bytes(), item_mode.unwrap_or(mode))?;
+            }
+        }
+        if let Some(d) = source.downward_api {
+            for item in d.items.unwrap_or_default() {
+                let f = item
+                    .field_ref
+                    .ok_or("downwardAPI: only fieldRef is supported")?;
+                let value = field(pod, &f.field_path)
+                    .ok_or_else(|| format!("downwardAPI: field {}", f.field_path))?;
+                write(&item.path, value.as_bytes(), item.mode.unwrap_or(mode))?;
+            }
+        }
+        if source.secret.is_some() || source.cluster_trust_bundle.is_some() {
+            return Err(format!(
+                "volume {}: projected secrets and trust bundles are not supported",
+                volume.name
+            ));
+        }
+    }
+    Ok(token)
+}
+
+/// The kubelet's rules: `command` replaces the image's entrypoint (and drops its cmd), `args`
+/// replace the cmd; `$(VAR)` references are expanded in both.
+fn command_line(
+    container: &Container,
+    entrypoint: &[String],
+    cmd: &[String],
+    env: &[(String, String)],
+) -> Vec<String> {
+    let command = container.command.clone().unwrap_or_default();
+    let args = container.args.clone().unwrap_or_default();
+    let (head, tail) = match (command.is_empty(), args.is_empty()) {
+        (false, _) => (command, args),
+        (true, false) => (entrypoint.to_vec(), args),
+        (true, true) => (entrypoint.to_vec(), cmd.to_vec()),
+    };
+    head.iter()
+        .chain(tail.iter())
+        .map(|a| expand(a, env))
+        .collect()
+}
+
+/// Waits until the apiserver's authoriser allows the ServiceAccount the first rule of every
+/// role bound to it, and returns the names of those bindings.
+async fn wait_for_rbac(client: &Client, ns: &str, sa: &str) -> Vec<String> {
+    let names_sa = |subjects: &Option<Vec<Subject>>| {
+        subjects.iter().flatten().any(|s| {
+            s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(ns)
+        })
+    };
+    let mut checks: Vec<(PolicyRule, Option<String>)> = vec![];
+    let mut bindings = vec![];
+    let lp = ListParams::default();
+    if let Ok(list) = Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+    {
+        for b in list.items.iter().filter(|b| names_sa(&b.subjects)) {
+            bindings.push(format!("RoleBinding/{ns}/{}", b.name_any()));
+            let rules = if b.role_ref.kind == "Role" {
+                Api::<Role>::namespaced(client.clone(), ns)
+                    .get_opt(&b.role_ref.name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.rules)
+            } else {
+                Api::<ClusterRole>::all(client.clone())
+                    .get_opt(&b.role_ref.name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.rules)
+            };
+            if let Some(rule) = rules.and_then(|r| r.into_iter().next()) {
+                checks.push((rule, Some(ns.to_string())));
+            }
+        }
+    }
+    if let Ok(list) = Api::<ClusterRoleBinding>::all(client.clone())
+        .list(&lp)
+        .await
+    {
+        for b in list.items.iter().filter(|b| names_sa(&b.subjects)) {
+            bindings.push(format!("ClusterRoleBinding/{}", b.name_any()));
+            let rules = Api::<ClusterRole>::all(client.clone())
+                .get_opt(&b.role_ref.name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.rules);
+            if let Some(rule) = rules.and_then(|r| r.into_iter().next()) {
+                checks.push((rule, None));
+            }
+        }
+    }
+    let user = format!("system:serviceaccount:{ns}:{sa}");
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (rule, namespace) in checks {
+        let (Some(resource), Some(verb)) = (
+            rule.resources.as_ref().and_then(|r| r.first()),
+            rule.verbs.first(),
+        ) else {
+            continue;
+        };
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, s)) => (r.to_string(), Some(s.to_string())),
+            None => (resource.clone(), None),
+        };
+        let review: SubjectAccessReview = common::from_json(json!({"spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
+            "resourceAttributes": {
+                "namespace": namespace, "verb": verb,
+                "group": rule.api_groups.as_ref().and_then(|g| g.first()).cloned().unwrap_or_default(),
+                "resource": resource, "subresource": subresource,
+                "name": rule.resource_names.as_ref().and_then(|n| n.first()),
+            },
+        }}));
+        while Instant::now() < deadline {
+            match reviews.create(&PostParams::default(), &review).await {
+                Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => break,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+    bindings.sort();
+    bindings
+}
+
+// ------------------------------------------------------------------------------------------
+// Running a container
+
+struct Done {
+    exit_code: i32,
+    output: String,
+    termination_message: String,
+    notes: Vec<String>,
+}
+
+fn execute(p: Prepared, max_run: Duration) -> Done {
+    let mut notes = vec![];
+    let log_path = p.dir.path().join("output.log");
+    let result = match &p.how {
+        How::Image { image, .. } => run_in_image(&p, image, &log_path, max_run),
+        How::HostBinary { .. } => {
+            let mut argv = p.argv.clone();
+            if argv[0].rsplit('/').next() == Some("storageclass-migrate") {
+                argv[0] = BINARY.to_string();
+                run_on_host(&p, &argv, None, &log_path, max_run, &mut notes)
+            } else {
+                Err(format!(
+                    "the host binary replaces only /storageclass-migrate, not {}",
+                    argv[0]
+                ))
+            }
+        }
+        How::HostCommand { path_dir } => {
+            run_on_host(&p, &p.argv, Some(path_dir), &log_path, max_run, &mut notes)
+        }
+        How::NotRun => Err(format!("image {} cannot be run here", p.image)),
+    };
+    let output = fs::read(&log_path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let (exit_code, start_error) = match result {
+        Ok(code) => (code, None),
+        Err(e) => (128, Some(e)),
+    };
+    let mut message = String::new();
+    if let Ok(f) = fs::File::open(&p.termination_log) {
+        let mut buf = vec![];
+        let _ = f.take(MESSAGE_LIMIT as u64).read_to_end(&mut buf);
+        message = String::from_utf8_lossy(&buf).into_owned();
+    }
+    if let Some(e) = start_error {
+        message = e;
+    } else if message.is_empty()
+        && exit_code != 0
+        && p.container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+    {
+        message = log_tail(&output);
+    }
+    Done {
+        exit_code,
+        output,
+        termination_message: message,
+        notes,
+    }
+}
+
+/// The last lines of the output, within the kubelet's limits.
+fn log_tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    let mut tail = lines[lines.len().saturating_sub(FALLBACK_LINES)..].join("\n");
+    if tail.len() > FALLBACK_BYTES {
+        let mut start = tail.len() - FALLBACK_BYTES;
+        while !tail.is_char_boundary(start) {
+            start += 1;
+        }
+        tail = tail[start..].to_string();
+    }
+    tail
+}
+
+fn run_in_image(p: &Prepared, image: &str, log: &Path, max_run: Duration) -> Result<i32, String> {
+    let out = buildah()
+        .args(["from", "--pull-never", "--quiet"])
+        .arg(image)
+        .output()
+        .map_err(|e| format!("buildah from: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "buildah from {image}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let container = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut cmd = buildah();
+    cmd.args(["run", "--isolation", "chroot"]);
+    if let Some((uid, gid)) = p.user {
+        match gid {
+            Some(gid) => cmd.arg("--user").arg(format!("{uid}:{gid}")),
+            None => cmd.arg("--user").arg(uid.to_string()),
+        };
+    }
+    if let Some(dir) = &p.container.working_dir {
+        cmd.arg("--workingdir").arg(dir);
+    }
+    for (host, path, ro) in &p.mounts {
+        let ro = if *ro { ":ro" } else { "" };
+        cmd.arg("--volume")
+            .arg(format!("{}:{path}{ro}", host.display()));
+    }
+    for (k, v) in &p.env {
+        cmd.arg("--env").arg(format!("{k}={v}"));
+    }
+    cmd.arg(&container).arg("--").args(&p.argv);
+    let result = run_logged(cmd, log, max_run);
+    let _ = buildah().args(["rm", &container]).output();
+    // buildah reports a failing command on its own stderr too; keep the container's output.
+    result
+}
+
+fn run_on_host(
+    p: &Prepared,
+    argv: &[String],
+    path_dir: Option<&Path>,
+    log: &Path,
+    max_run: Duration,
+    notes: &mut Vec<String>,
+) -> Result<i32, String> {
+    let cp = ControlPlane::get();
+    let home = p.dir.path().join("home");
+    fs::create_dir(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+    chmod(&home, 0o700);
+    let kubeconfig = home.join("kubeconfig");
+    let token = p.token.clone().unwrap_or_default();
+    common::write_token_kubeconfig(
+        &kubeconfig,
+        "pod-service-account",
+        &token,
+        Some(&p.namespace),
+    );
+    chmod(&kubeconfig, 0o600);
+    let user = p.user.filter(|_| accessible_to_others(Path::new(&argv[0])));
+    if p.user.is_some() && user.is_none() {
+        notes.push(format!(
+            "{} is not reachable by other users: ran as the runner's own user",
+            argv[0]
+        ));
+    }
+    for path in [&home, &kubeconfig] {
+        chown(path, user);
+    }
+    notes.push(format!(
+        "ran on the host with a kubeconfig from the pod's token (server {})",
+        cp.apiserver_url
+    ));
+    let mut cmd = match user {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={}", gid.unwrap_or(uid)))
+                .arg("--clear-groups")
+                .arg("--");
+            c.args(argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    let mut path = String::new();
+    if let Some(dir) = path_dir {
+        path = format!("{}:", dir.display());
+    }
+    path.push_str("/usr/local/bin:/usr/bin:/bin");
+    cmd.env_clear();
+    for (k, v) in &p.env {
+        cmd.env(k, v);
+    }
+    cmd.env("PATH", path)
+        .env("HOME", &home)
+        .env("KUBECONFIG", &kubeconfig)
+        .current_dir(&home);
+    run_logged(cmd, log, max_run)
+}
+
+/// Whether every directory above `path` lets others through and `path` lets others run it.
+fn accessible_to_others(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let file_ok = fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    file_ok
+        && path
+            .ancestors()
+            .skip(1)
+            .all(|d| fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
+/// Runs `cmd` with stdout and stderr into `log` (one file, so their order is kept); kills it
+/// after `max_run`. The exit status, or 128 + signal.
+fn run_logged(mut cmd: Command, log: &Path, max_run: Duration) -> Result<i32, String> {
+    let file = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = file.try_clone().map_err(|e| e.to_string())?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err));
+    let mut child = cmd.spawn().map_err(|e| format!("starting {cmd:?}: {e}"))?;
+    let deadline = Instant::now() + max_run;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            use std::os::unix::process::ExitStatusExt;
+            return Ok(status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(9)));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(137);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
