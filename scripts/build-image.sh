@@ -15,11 +15,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-log() { echo "build-image: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+script_name=build-image
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 command -v buildah >/dev/null || die "buildah is not installed (scripts/ci-install.sh installs it)"
 

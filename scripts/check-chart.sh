@@ -20,21 +20,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 work="$root/target/chart-check"
 
-log() { echo "check-chart: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+script_name=check-chart
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
-# Python with PyYAML: the one on PATH, else Debian's.
 python=""
-for candidate in python3 /usr/bin/python3; do
-  if command -v "$candidate" >/dev/null && "$candidate" -c 'import yaml' 2>/dev/null; then
-    python=$candidate
-    break
-  fi
-done
-[ -n "$python" ] || die "no python3 with PyYAML (apt-get install python3-yaml, or scripts/ci-install.sh)"
+find_python_with_yaml
 command -v shellcheck >/dev/null || die "shellcheck is not installed (scripts/ci-install.sh installs it)"
 
 # 1. helm.

@@ -16,11 +16,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-log() { echo "check-image-in-cluster: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+script_name=check-image-in-cluster
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 image=${1:-localhost/storageclass-migrate:$version}
@@ -34,13 +32,7 @@ command -v buildah >/dev/null || die "buildah is not installed (scripts/ci-insta
 bah inspect --type image "$image" >/dev/null 2>&1 || die "no image $image: run scripts/build-image.sh first"
 
 python=""
-for candidate in python3 /usr/bin/python3; do
-  if command -v "$candidate" >/dev/null && "$candidate" -c 'import yaml' 2>/dev/null; then
-    python=$candidate
-    break
-  fi
-done
-[ -n "$python" ] || die "no python3 with PyYAML (scripts/ci-install.sh installs python3-yaml)"
+find_python_with_yaml
 
 helm=$(scripts/build-helm.sh)
 work=$(mktemp -d "${TMPDIR:-/tmp}/scm-image-check.XXXXXX")

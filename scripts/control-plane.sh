@@ -47,11 +47,9 @@ controllers=(
   clusterrole-aggregation-controller
 )
 
-log() { echo "control-plane: $*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+script_name=control-plane
+# shellcheck source=scripts/lib.sh
+. "$script_dir/lib.sh"
 
 usage() {
   sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}" >&2
