@@ -13,7 +13,6 @@ use common::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{
     DeleteParams, ListParams, Patch, PatchParams, Preconditions, WatchEvent, WatchParams,
@@ -1712,93 +1711,6 @@ mod migrate {
     // ------------------------------------------------------------------------------------------
     // RBAC: the rules of chart-snippet/rbac-rules.json, and nothing more
 
-    const RBAC_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/chart-snippet/rbac-rules.json");
-
-    /// The Role and ClusterRole rules for the hook run on `claim` in `namespace` with the `when`
-    /// sets given, without `without` (resource, verb) if set.
-    fn hook_rules(
-        namespace: &str,
-        claim: &str,
-        when: &[&str],
-        without: Option<(&str, &str)>,
-    ) -> (Vec<PolicyRule>, Vec<PolicyRule>) {
-        let text = std::fs::read_to_string(RBAC_RULES).expect("reading rbac-rules.json");
-        let doc: Value = serde_json::from_str(&text).expect("parsing rbac-rules.json");
-        let keys = doc.as_object().expect("an object").keys();
-        assert!(
-            keys.clone().all(|k| k == "role" || k == "clusterRole"),
-            "{:?}",
-            keys.collect::<Vec<_>>()
-        );
-        let mut removed = false;
-        let mut pick = |key: &str| -> Vec<PolicyRule> {
-            doc[key]
-                .as_array()
-                .unwrap_or_else(|| panic!("{key} is not a list"))
-                .iter()
-                .filter_map(|r| {
-                    let entry = r.as_object().expect("a rule object");
-                    for k in entry.keys() {
-                        assert!(
-                            [
-                                "when",
-                                "apiGroups",
-                                "resources",
-                                "verbs",
-                                "limitToClaimNames",
-                                "limitToNamespace"
-                            ]
-                            .contains(&k.as_str()),
-                            "unknown key {k} in {r}"
-                        );
-                    }
-                    let set = r["when"].as_str().expect("when");
-                    assert!(
-                        ["always", "inUseEvict", "writeVolumes"].contains(&set),
-                        "unknown when {set}"
-                    );
-                    if !when.contains(&set) {
-                        return None;
-                    }
-                    let mut verbs: Vec<Value> = r["verbs"].as_array().expect("verbs").clone();
-                    if let Some((resource, verb)) = without
-                        && r["resources"]
-                            .as_array()
-                            .expect("resources")
-                            .iter()
-                            .any(|x| x == resource)
-                    {
-                        let before = verbs.len();
-                        verbs.retain(|v| v != verb);
-                        removed |= verbs.len() < before;
-                        if verbs.is_empty() {
-                            return None;
-                        }
-                    }
-                    let mut rule = json!({
-                        "apiGroups": r["apiGroups"], "resources": r["resources"], "verbs": verbs,
-                    });
-                    match (
-                        r["limitToClaimNames"].as_bool() == Some(true),
-                        r["limitToNamespace"].as_bool() == Some(true),
-                    ) {
-                        (true, false) => rule["resourceNames"] = json!([claim]),
-                        (false, true) => rule["resourceNames"] = json!([namespace]),
-                        (false, false) => {}
-                        (true, true) => panic!("two limits on one rule: {r}"),
-                    }
-                    Some(from_json(rule))
-                })
-                .collect()
-        };
-        let rules = (pick("role"), pick("clusterRole"));
-        assert!(
-            without.is_none() || removed,
-            "{without:?} is not in the rules"
-        );
-        rules
-    }
-
     /// Runs the binary as the ServiceAccount `sa` with the hook's rules for `claim`.
     async fn run_as(
         c: &Cluster,
@@ -1808,7 +1720,7 @@ mod migrate {
         without: Option<(&str, &str)>,
         envs: &[(&str, &str)],
     ) -> Run {
-        let (role, cluster_role) = hook_rules(c.name(), claim, when, without);
+        let (role, cluster_role) = chart_rules(&[claim], c.name(), when, without);
         let access = service_account_with_rules(&c.client, &c.ns, sa, &role, &cluster_role).await;
         let kubeconfig = access.kubeconfig.to_str().expect("UTF-8 path").to_owned();
         let mut all = vec![("KUBECONFIG", kubeconfig.as_str()), ("PVC_NAME", claim)];

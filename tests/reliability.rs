@@ -26,7 +26,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The annotation a run puts on a volume it is going to delete, before it deletes the claim.
 const MARK: &str = "storageclass-migrate/delete-after-claim";
@@ -1798,41 +1798,6 @@ async fn a_wrong_or_revoked_token_fails_with_401() {
 // ------------------------------------------------------------------------------------------
 // 5. Least privilege
 
-/// The chart's rules from chart-snippet/rbac-rules.json, rendered as the chart renders them for
-/// claims given by name: the rules whose `when` is in `when`, `limitToClaimNames` as
-/// resourceNames of the claims, `limitToNamespace` as resourceNames of the namespace.
-fn chart_rules(
-    claims: &[&str],
-    namespace: &str,
-    when: &[&str],
-) -> (Vec<PolicyRule>, Vec<PolicyRule>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("chart-snippet/rbac-rules.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let rules: Value = serde_json::from_str(&text).expect("rbac-rules.json");
-    let render = |kind: &str| -> Vec<PolicyRule> {
-        rules[kind]
-            .as_array()
-            .unwrap_or_else(|| panic!("rbac-rules.json has no {kind} list"))
-            .iter()
-            .filter(|r| when.contains(&r["when"].as_str().unwrap_or_default()))
-            .map(|r| {
-                let mut rule = json!({
-                    "apiGroups": r["apiGroups"], "resources": r["resources"], "verbs": r["verbs"],
-                });
-                if r["limitToClaimNames"] == json!(true) {
-                    rule["resourceNames"] = json!(claims);
-                }
-                if r["limitToNamespace"] == json!(true) {
-                    rule["resourceNames"] = json!([namespace]);
-                }
-                from_json(rule)
-            })
-            .collect()
-    };
-    (render("role"), render("clusterRole"))
-}
-
 /// The RBAC of the kubectl hook this binary replaces, as data: it reads, patches and deletes the
 /// claim, and reads, patches and deletes "its" volume, whose name is unknown when the chart is
 /// rendered, so every PersistentVolume in the cluster.
@@ -1852,7 +1817,7 @@ async fn expect_forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube
 async fn the_chart_rules_allow_the_migration_and_nothing_more() {
     let client = client().await;
     let fx = fixture(&client, "least-privilege", &Shape::default()).await;
-    let (role, cluster) = chart_rules(&["data"], fx.name(), &["always", "inUseEvict"]);
+    let (role, cluster) = chart_rules(&["data"], fx.name(), &["always", "inUseEvict"], None);
     let sa = service_account_with_rules(&client, &fx.ns, "hook", &role, &cluster).await;
     let throwaway = create_pv(&client, &fx.ns, "throwaway", &PvOpts::default()).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), fx.name());
@@ -2001,7 +1966,12 @@ fn yaml_value(text: &str, key: &str) -> String {
 async fn credentials_never_appear_in_the_output() {
     let client = client().await;
     let fx = fixture(&client, "secrets", &Shape::default()).await;
-    let (role, cluster) = chart_rules(&["data", "other"], fx.name(), &["always", "inUseEvict"]);
+    let (role, cluster) = chart_rules(
+        &["data", "other"],
+        fx.name(),
+        &["always", "inUseEvict"],
+        None,
+    );
     let sa = service_account_with_rules(&client, &fx.ns, "hook", &role, &cluster).await;
     let dir = tempfile::tempdir().unwrap();
     let wrong_token = format!(

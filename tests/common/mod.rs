@@ -386,6 +386,97 @@ impl Drop for DefaultClassGuard {
 // Generic object helpers
 
 /// Deserialises a Kubernetes object from JSON (with `apiVersion`/`kind` optional).
+/// The hook's Role and ClusterRole rules, read from chart-snippet/rbac-rules.json and rendered as
+/// the chart renders them for claims given by name: the rules whose `when` is in `when`,
+/// `limitToClaimNames` as resourceNames of `claims`, `limitToNamespace` as resourceNames of
+/// `namespace`; with `without` (resource, verb), that verb removed. Fails on any key or `when`
+/// it does not know, so the file cannot grow a rule the tests would not grant.
+pub fn chart_rules(
+    claims: &[&str],
+    namespace: &str,
+    when: &[&str],
+    without: Option<(&str, &str)>,
+) -> (Vec<PolicyRule>, Vec<PolicyRule>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("chart-snippet/rbac-rules.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("parsing rbac-rules.json");
+    let keys = doc.as_object().expect("an object").keys();
+    assert!(
+        keys.clone().all(|k| k == "role" || k == "clusterRole"),
+        "{:?}",
+        keys.collect::<Vec<_>>()
+    );
+    let mut removed = false;
+    let mut pick = |key: &str| -> Vec<PolicyRule> {
+        doc[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} is not a list"))
+            .iter()
+            .filter_map(|r| {
+                let entry = r.as_object().expect("a rule object");
+                for k in entry.keys() {
+                    assert!(
+                        [
+                            "when",
+                            "apiGroups",
+                            "resources",
+                            "verbs",
+                            "limitToClaimNames",
+                            "limitToNamespace"
+                        ]
+                        .contains(&k.as_str()),
+                        "unknown key {k} in {r}"
+                    );
+                }
+                let set = r["when"].as_str().expect("when");
+                assert!(
+                    ["always", "inUseEvict", "writeVolumes"].contains(&set),
+                    "unknown when {set}"
+                );
+                if !when.contains(&set) {
+                    return None;
+                }
+                let mut verbs: Vec<serde_json::Value> =
+                    r["verbs"].as_array().expect("verbs").clone();
+                if let Some((resource, verb)) = without
+                    && r["resources"]
+                        .as_array()
+                        .expect("resources")
+                        .iter()
+                        .any(|x| x == resource)
+                {
+                    let before = verbs.len();
+                    verbs.retain(|v| v != verb);
+                    removed |= verbs.len() < before;
+                    if verbs.is_empty() {
+                        return None;
+                    }
+                }
+                let mut rule = json!({
+                    "apiGroups": r["apiGroups"], "resources": r["resources"], "verbs": verbs,
+                });
+                match (
+                    r["limitToClaimNames"].as_bool() == Some(true),
+                    r["limitToNamespace"].as_bool() == Some(true),
+                ) {
+                    (true, false) => rule["resourceNames"] = json!(claims),
+                    (false, true) => rule["resourceNames"] = json!([namespace]),
+                    (false, false) => {}
+                    (true, true) => panic!("two limits on one rule: {r}"),
+                }
+                Some(from_json(rule))
+            })
+            .collect()
+    };
+    let rules = (pick("role"), pick("clusterRole"));
+    assert!(
+        without.is_none() || removed,
+        "{without:?} is not in the rules"
+    );
+    rules
+}
+
 pub fn from_json<K: DeserializeOwned>(value: serde_json::Value) -> K {
     serde_json::from_value(value).unwrap_or_else(|e| panic!("invalid object: {e}"))
 }
