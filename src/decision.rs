@@ -301,6 +301,15 @@ fn volume_step(facts: Facts<'_>, policies: Policies) -> Result<VolumeStep, Refus
     )))
 }
 
+impl VolumePlan {
+    /// Whether `volume`, read again, is still the one planned for: same uid, and its claimRef
+    /// still names the claim read then. Checked before every write to a volume.
+    pub fn still_ours(&self, volume: &PersistentVolume, namespace: &str, claim: &str) -> bool {
+        volume.uid().as_deref() == Some(self.uid.as_str())
+            && owned_by(volume, namespace, claim, &self.claim_uid)
+    }
+}
+
 /// Whether the volume's claimRef names this claim: namespace, name and uid.
 pub fn owned_by(volume: &PersistentVolume, namespace: &str, name: &str, claim_uid: &str) -> bool {
     volume
@@ -866,6 +875,19 @@ mod tests {
         );
         assert!(writes_volumes(policies));
         assert!(!writes_volumes(super::tests::policies(InUsePolicy::Evict)));
+    }
+
+    #[test]
+    fn a_volume_replaced_or_rebound_is_no_longer_ours() {
+        let pv = volume("Retain", "data", "claim-uid", &[]);
+        let plan = volume_plan(&pv, "claim-uid", policies(InUsePolicy::Evict));
+        assert!(plan.still_ours(&pv, NS, "data"));
+        let mut replaced = pv.clone();
+        replaced.metadata.uid = Some("other-pv-uid".into());
+        assert!(!plan.still_ours(&replaced, NS, "data"));
+        let rebound = volume("Retain", "data", "new-claim-uid", &[]);
+        assert!(!plan.still_ours(&rebound, NS, "data"));
+        assert!(!plan.still_ours(&pv, "elsewhere", "data"));
     }
 
     #[test]

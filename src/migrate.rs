@@ -383,48 +383,50 @@ async fn execute(ctx: &Context, plan: Plan, report: &mut Report) -> Result<(), E
 /// Marks the volume as to be deleted with the claim, before the claim is deleted: a run
 /// interrupted once the claim is gone leaves this mark for the next run to find.
 async fn mark_volume(ctx: &Context, claim: &str, volume: &VolumePlan) -> Result<(), Error> {
-    let patch = json!({"metadata": {
-        "uid": volume.uid,
-        "annotations": {decision::DELETE_AFTER_CLAIM: format!("{}/{claim}", ctx.namespace)},
-    }});
-    let request = Request::new("patch", VOLUMES).name(&volume.name);
-    let params = PatchParams::default();
-    let patch = Patch::Merge(&patch);
-    match ctx
-        .send(&request, || {
-            ctx.volumes.patch(&volume.name, &params, &patch)
-        })
-        .await?
-    {
-        Ok(_) => Ok(()),
+    let mark = json!(format!("{}/{claim}", ctx.namespace));
+    match patch_mark(ctx, volume, mark).await? {
+        Ok(()) => Ok(()),
         // Gone or replaced (another uid): nothing to mark; deleting it is checked again later.
         Err(kube::Error::Api(status))
             if status.is_not_found() || status.is_conflict() || status.is_invalid() =>
         {
             Ok(())
         }
-        Err(e) => Err(Error::api(request, e)),
+        Err(e) => Err(Error::api(
+            Request::new("patch", VOLUMES).name(&volume.name),
+            e,
+        )),
     }
 }
 
 /// Takes the mark back when the claim was not deleted after all; best effort, the volume is
 /// checked again before any later run deletes it.
 async fn unmark_volume(ctx: &Context, volume: &VolumePlan) {
-    let patch = json!({"metadata": {"uid": volume.uid, "annotations": {decision::DELETE_AFTER_CLAIM: null}}});
-    let request = Request::new("patch", VOLUMES).name(&volume.name);
-    let params = PatchParams::default();
-    let patch = Patch::Merge(&patch);
-    let failure = match ctx
-        .send(&request, || {
-            ctx.volumes.patch(&volume.name, &params, &patch)
-        })
-        .await
-    {
-        Ok(Ok(_)) => return,
+    let failure = match patch_mark(ctx, volume, serde_json::Value::Null).await {
+        Ok(Ok(())) => return,
         Ok(Err(error)) => crate::error::describe_kube_error(&error),
         Err(error) => error.to_string(),
     };
     warn!(volume = %volume.name, %failure, "could not remove the delete-after-claim mark");
+}
+
+/// Sets (or, with null, removes) the delete-after-claim annotation of the planned volume; the
+/// uid in the patch keeps it off a volume that replaced it.
+async fn patch_mark(
+    ctx: &Context,
+    volume: &VolumePlan,
+    mark: serde_json::Value,
+) -> Result<Result<(), kube::Error>, Error> {
+    let patch = json!({"metadata": {"uid": volume.uid, "annotations": {decision::DELETE_AFTER_CLAIM: mark}}});
+    let request = Request::new("patch", VOLUMES).name(&volume.name);
+    let params = PatchParams::default();
+    let patch = Patch::Merge(&patch);
+    let answer = ctx
+        .send(&request, || {
+            ctx.volumes.patch(&volume.name, &params, &patch)
+        })
+        .await?;
+    Ok(answer.map(drop))
 }
 
 async fn delete_claim(ctx: &Context, plan: &Plan, dry_run: bool) -> Result<(), Error> {
@@ -563,10 +565,7 @@ async fn handle_volume(
     if !volume.strip.is_empty() {
         warn!(volume = %name, finalizers = %volume.strip.join(" "), "stripping volume finalizers (--strip-all-finalizers); the backing storage may be left behind");
         let request = Request::new("patch", VOLUMES).name(name);
-        let ours = |pv: &PersistentVolume| {
-            pv.uid().as_deref() == Some(volume.uid.as_str())
-                && decision::owned_by(pv, &ctx.namespace, claim, &volume.claim_uid)
-        };
+        let ours = |pv: &PersistentVolume| volume.still_ours(pv, &ctx.namespace, claim);
         if remove_finalizers(ctx, &ctx.volumes, name, &volume.strip, false, request, ours).await?
             == Strip::NotOurs
         {
@@ -670,9 +669,7 @@ async fn delete_volume(
         let Some(current) = ctx.fetch(request, || ctx.volumes.get_opt(name)).await? else {
             return Ok(());
         };
-        let ours = current.uid().as_deref() == Some(volume.uid.as_str())
-            && decision::owned_by(&current, &ctx.namespace, claim, &volume.claim_uid);
-        if !ours {
+        if !volume.still_ours(&current, &ctx.namespace, claim) {
             return Err(rebound(volume));
         }
         let params = delete_params(&volume.uid, current.resource_version(), dry_run);
