@@ -83,6 +83,10 @@ pub struct Args {
     #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Summary on stdout: one line of text per claim, or one JSON object per claim
+    #[arg(long, env = "SUMMARY_FORMAT", value_name = "FORMAT", value_enum, default_value_t = SummaryFormat::Text)]
+    pub summary_format: SummaryFormat,
+
     /// File that receives the summary for `kubectl describe pod` (best effort, at most 4 KiB)
     #[arg(
         long,
@@ -101,6 +105,14 @@ pub enum InUsePolicy {
     Force,
     /// Refuse, changing nothing
     Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    /// `<namespace>/<claim>: <result>: found ...; done: ...; left: ...`
+    Text,
+    /// `{"claim", "status", "result", "changed", "found", "done", "would", "left", ...}`
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -16,8 +16,17 @@ pub enum ExitStatus {
     Refused = 3,
     /// Kubernetes API error: unreachable, unauthorized, forbidden or failed.
     Api = 4,
-    /// Timed out waiting for the cluster.
+    /// Timed out waiting for the cluster, before anything was changed.
     Timeout = 5,
+    /// Stopped part-way: something was changed, then a failure, refusal, timeout or signal
+    /// stopped the run; the summary lists what was done and what is left, a rerun finishes it.
+    PartWay = 6,
+}
+
+impl serde::Serialize for ExitStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i32(self.code())
+    }
 }
 
 impl ExitStatus {

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use storageclass_migrate::config::SummaryFormat;
 use storageclass_migrate::{Args, Error, ExitStatus, client, run, summary, telemetry};
 
 #[tokio::main(flavor = "current_thread")]
@@ -30,9 +31,12 @@ async fn execute(args: &Args) -> Result<ExitStatus, Error> {
     let config = args.config()?;
     let client = client::connect(&config.connection).await?;
     let outcomes = run::run(client, &config).await?;
-    let lines: Vec<String> = outcomes.iter().map(|o| o.line.clone()).collect();
-    for line in &lines {
-        println!("{line}");
+    let lines: Vec<String> = outcomes.iter().map(summary::Outcome::line).collect();
+    for (outcome, line) in outcomes.iter().zip(&lines) {
+        match args.summary_format {
+            SummaryFormat::Text => println!("{line}"),
+            SummaryFormat::Json => println!("{}", outcome.json()),
+        }
     }
     summary::write_termination_log(&args.termination_log, &lines);
     Ok(summary::worst(&outcomes))

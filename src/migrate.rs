@@ -22,7 +22,7 @@ use crate::decision::{
     self, Facts, Nothing, Plan, Triage, VolumeAction, VolumePlan, VolumeStep, join,
 };
 use crate::error::{Error, ExitStatus, Request};
-use crate::summary::{Outcome, Report};
+use crate::summary::{Kind, Outcome, Report, Result as Ending};
 use crate::wait::{self, Waited};
 
 const CLAIMS: &str = "persistentvolumeclaims";
@@ -145,60 +145,57 @@ impl Context {
     }
 }
 
-/// Handles one claim from first read to summary line; never fails, the outcome carries the error.
+/// Handles one claim from first read to summary; never fails, the outcome carries the error.
 pub async fn migrate(ctx: &Context, name: &str) -> Outcome {
     let key = format!("{}/{}", ctx.namespace, name);
     let mut report = Report::default();
     let result = handle(ctx, name, &mut report).await;
-    let (status, line) = match result {
-        Ok(line) => (ExitStatus::Ok, line),
-        Err(Error::Refused(reason)) if !report.changed() => (
-            ExitStatus::Refused,
-            format!("refused, nothing changed: {reason}"),
-        ),
+    let outcome = match result {
+        Ok((ending, detail)) => {
+            report.finish(key.clone(), ExitStatus::Ok, ending, Some(detail), None)
+        }
         Err(error) => {
-            let result = match &error {
-                Error::Refused(_) => "refused",
-                Error::Timeout { .. } => "timed out",
-                _ => "failed",
+            let changed = report.changed();
+            let (status, ending) = match &error {
+                _ if changed => (ExitStatus::PartWay, Ending::PartWay),
+                Error::Refused(_) => (ExitStatus::Refused, Ending::Refused),
+                other => (other.exit_status(), Ending::Failed),
             };
             let message = match &error {
                 Error::Refused(reason) => reason.clone(),
                 other => other.to_string(),
             };
-            (
-                error.exit_status(),
-                format!("{}: {message}", report.line(result)),
-            )
+            report.finish(key.clone(), status, ending, None, Some(message))
         }
     };
-    match status {
+    let line = outcome.line();
+    match outcome.status {
         ExitStatus::Ok => info!(claim = %key, "{line}"),
         _ => tracing::error!(claim = %key, "{line}"),
     }
-    Outcome::new(&key, status, line)
+    outcome
 }
 
-async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<String, Error> {
+async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<(Ending, String), Error> {
     let Some(target) = &ctx.target else {
         warn!(
             "no storage class desired and the cluster has no default StorageClass; nothing to compare with"
         );
-        return Ok(format!("nothing to do: {}", Nothing::NoDefaultClass));
+        return Ok((Ending::NothingToDo, Nothing::NoDefaultClass.to_string()));
     };
     let claim = ctx
         .fetch(ctx.claim_request("get", name), || ctx.claims.get_opt(name))
         .await?;
     let resume = match decision::triage(claim.as_ref(), target) {
         Triage::Nothing(Nothing::Absent) => return absent(ctx, name, report).await,
-        Triage::Nothing(reason) => return Ok(format!("nothing to do: {reason}")),
+        Triage::Nothing(reason) => return Ok((Ending::NothingToDo, reason.to_string())),
         Triage::Migrate { resume } => resume,
     };
     let claim = claim.expect("triage migrates only an existing claim");
     let from = decision::claim_class(&claim).unwrap_or_default();
-    report.found(format!("class {from:?}"));
+    report.found(Kind::Class, Some(from), format!("class {from:?}"));
     if resume {
-        report.found("already being deleted");
+        report.found(Kind::BeingDeleted, None, "already being deleted");
     }
 
     let target_exists = ctx.target_exists(target).await?;
@@ -224,22 +221,22 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<String
     };
     let plan = decision::plan(facts, ctx.policies).map_err(|r| Error::Refused(r.to_string()))?;
     describe(&plan, report);
-    info!(to = %target, "claim needs migrating: {}", report.line("plan"));
+    info!(to = %target, "claim needs migrating: found {}", report.found_line());
     tracing::debug!(?plan);
 
     if ctx.dry_run {
         dry_run(ctx, &plan, report).await?;
-        return Ok(report.line(&format!("dry run, would migrate to {target}")));
+        return Ok((Ending::DryRun, target.to_string()));
     }
     execute(ctx, plan, report).await?;
-    Ok(report.line(&format!("migrated to {target}")))
+    Ok((Ending::Migrated, target.to_string()))
 }
 
 /// No claim. In a run that deletes volumes, a volume marked by an interrupted run is finished.
-async fn absent(ctx: &Context, name: &str, report: &mut Report) -> Result<String, Error> {
+async fn absent(ctx: &Context, name: &str, report: &mut Report) -> Result<(Ending, String), Error> {
     ctx.check_namespace().await?;
     if !decision::writes_volumes(ctx.policies) {
-        return Ok(format!("nothing to do: {}", Nothing::Absent));
+        return Ok((Ending::NothingToDo, Nothing::Absent.to_string()));
     }
     let request = Request::new("list", VOLUMES);
     let mark = format!("{}/{name}", ctx.namespace);
@@ -248,14 +245,18 @@ async fn absent(ctx: &Context, name: &str, report: &mut Report) -> Result<String
     let volumes = ctx.list(&ctx.volumes, request, None, marked).await?;
     let leftovers = decision::leftovers(&ctx.namespace, name, &volumes, ctx.policies);
     if leftovers.is_empty() {
-        return Ok(format!("nothing to do: {}", Nothing::Absent));
+        return Ok((Ending::NothingToDo, Nothing::Absent.to_string()));
     }
-    report.found("claim absent");
+    report.found(Kind::ClaimAbsent, None, "claim absent");
     for volume in &leftovers {
-        report.found(format!(
-            "PV {} ({}) left by an interrupted run",
-            volume.name, volume.reclaim_policy
-        ));
+        report.found(
+            Kind::MarkedVolume,
+            Some(&volume.name),
+            format!(
+                "PV {} ({}) left by an interrupted run",
+                volume.name, volume.reclaim_policy
+            ),
+        );
     }
     for volume in &leftovers {
         if ctx.dry_run {
@@ -264,51 +265,70 @@ async fn absent(ctx: &Context, name: &str, report: &mut Report) -> Result<String
             handle_volume(ctx, name, volume, report).await?;
         }
     }
-    let result = if ctx.dry_run {
-        "dry run, would finish an interrupted migration"
+    let ending = if ctx.dry_run {
+        Ending::DryRun
     } else {
-        "finished an interrupted migration"
+        Ending::Finished
     };
-    Ok(report.line(result))
+    Ok((
+        ending,
+        format!("marked volumes of {}/{name}", ctx.namespace),
+    ))
 }
 
 fn describe(plan: &Plan, report: &mut Report) {
     match &plan.volume {
-        VolumeStep::Unbound => report.found("not bound"),
-        VolumeStep::Gone { name } => {
-            report.found(format!("bound to PV {name}, which no longer exists"))
-        }
-        VolumeStep::Handle(volume) => report.found(format!(
-            "bound to PV {} ({})",
-            volume.name, volume.reclaim_policy
-        )),
+        VolumeStep::Unbound => report.found(Kind::Unbound, None, "not bound"),
+        VolumeStep::Gone { name } => report.found(
+            Kind::VolumeGone,
+            Some(name),
+            format!("bound to PV {name}, which no longer exists"),
+        ),
+        VolumeStep::Handle(volume) => report.found(
+            Kind::Volume,
+            Some(&volume.name),
+            format!("bound to PV {} ({})", volume.name, volume.reclaim_policy),
+        ),
     }
-    if !plan.users.is_empty() {
-        report.found(format!("used by {}", join(&plan.users)));
+    for user in &plan.users {
+        report.found(Kind::UsedBy, Some(&user.name), format!("used by {user}"));
     }
-    if !plan.foreign_finalizers.is_empty() {
-        report.found(format!(
-            "finalizers of other controllers: {}",
-            plan.foreign_finalizers.join(" ")
-        ));
+    for finalizer in &plan.foreign_finalizers {
+        report.found(
+            Kind::ForeignFinalizer,
+            Some(finalizer),
+            format!("finalizer {finalizer} of another controller"),
+        );
     }
 }
 
 async fn dry_run(ctx: &Context, plan: &Plan, report: &mut Report) -> Result<(), Error> {
     if !plan.resume {
         delete_claim(ctx, plan, true).await?;
-        report.would("claim delete accepted (dry run)");
+        report.would(
+            Kind::ClaimDeleted,
+            Some(&plan.claim),
+            "claim delete accepted (dry run)",
+        );
     }
     if !plan.strip_claim.is_empty() {
         strip_claim(ctx, plan, true).await?;
-        report.would(format!(
-            "claim finalizers {} would be stripped",
-            plan.strip_claim.join(" ")
-        ));
+        report.would(
+            Kind::ClaimFinalizerStripped,
+            None,
+            format!(
+                "claim finalizers {} would be stripped",
+                plan.strip_claim.join(" ")
+            ),
+        );
     }
     for pod in &plan.evict {
         evict(ctx, pod, true).await?;
-        report.would(format!("pod {pod} would be evicted"));
+        report.would(
+            Kind::PodEvicted,
+            Some(pod),
+            format!("pod {pod} would be evicted"),
+        );
     }
     if let VolumeStep::Handle(volume) = &plan.volume {
         dry_run_volume(ctx, &plan.claim, volume, report).await?;
@@ -325,16 +345,25 @@ async fn dry_run_volume(
     match volume.action {
         VolumeAction::Delete => {
             delete_volume(ctx, claim, volume, true).await?;
-            report.would(format!("PV {} delete accepted (dry run)", volume.name));
+            report.would(
+                Kind::VolumeDeleted,
+                Some(&volume.name),
+                format!("PV {} delete accepted (dry run)", volume.name),
+            );
         }
-        VolumeAction::Keep => report.left(format!(
-            "PV {} ({}) would be kept",
-            volume.name, volume.reclaim_policy
-        )),
-        VolumeAction::AwaitReclaim => report.left(format!(
-            "PV {} would be deleted by its provisioner",
-            volume.name
-        )),
+        VolumeAction::Keep => report.left(
+            Kind::VolumeKept,
+            Some(&volume.name),
+            format!(
+                "PV {} ({}) would be kept",
+                volume.name, volume.reclaim_policy
+            ),
+        ),
+        VolumeAction::AwaitReclaim => report.left(
+            Kind::VolumeReclaimPending,
+            Some(&volume.name),
+            format!("PV {} would be deleted by its provisioner", volume.name),
+        ),
     }
     Ok(())
 }
@@ -354,25 +383,26 @@ async fn execute(ctx: &Context, plan: Plan, report: &mut Report) -> Result<(), E
             }
             return Err(error);
         }
-        report.done("claim deleted");
+        report.done(Kind::ClaimDeleted, Some(&plan.claim), "claim deleted");
     }
     if !plan.strip_claim.is_empty() {
         if !plan.users.is_empty() {
             warn!(pods = %join(&plan.users), "stripping {} while pods still mount the claim (--in-use force)", decision::PVC_PROTECTION);
         }
         if strip_claim(ctx, &plan, false).await? {
-            report.done(format!(
-                "stripped claim finalizers {}",
-                plan.strip_claim.join(" ")
-            ));
+            report.done(
+                Kind::ClaimFinalizerStripped,
+                None,
+                format!("stripped claim finalizers {}", plan.strip_claim.join(" ")),
+            );
         }
     }
     for pod in &plan.evict {
         evict(ctx, pod, false).await?;
-        report.done(format!("evicted pod {pod}"));
+        report.done(Kind::PodEvicted, Some(pod), format!("evicted pod {pod}"));
     }
     await_claim_gone(ctx, &plan).await?;
-    report.done("claim gone");
+    report.done(Kind::ClaimGone, Some(&plan.claim), "claim gone");
 
     if let VolumeStep::Handle(volume) = &plan.volume {
         handle_volume(ctx, &plan.claim, volume, report).await?;
@@ -571,15 +601,20 @@ async fn handle_volume(
         {
             return Err(rebound(volume));
         }
-        report.done(format!("stripped PV finalizers {}", volume.strip.join(" ")));
+        report.done(
+            Kind::VolumeFinalizerStripped,
+            None,
+            format!("stripped PV finalizers {}", volume.strip.join(" ")),
+        );
     }
     match volume.action {
         VolumeAction::Keep => {
             info!(volume = %name, "keeping the volume, it holds the old data");
-            report.left(format!(
-                "PV {name} ({}) with the old data",
-                volume.reclaim_policy
-            ));
+            report.left(
+                Kind::VolumeKept,
+                Some(name),
+                format!("PV {name} ({}) with the old data", volume.reclaim_policy),
+            );
         }
         VolumeAction::AwaitReclaim => await_reclaim(ctx, volume, report).await?,
         VolumeAction::Delete => {
@@ -594,9 +629,11 @@ async fn handle_volume(
             )
             .await?
             {
-                Waited::Done(_) => {
-                    report.done(format!("PV {name} ({}) deleted", volume.reclaim_policy))
-                }
+                Waited::Done(_) => report.done(
+                    Kind::VolumeDeleted,
+                    Some(name),
+                    format!("PV {name} ({}) deleted", volume.reclaim_policy),
+                ),
                 Waited::TimedOut => {
                     return Err(Error::Timeout {
                         after: ctx.timeout,
@@ -630,15 +667,27 @@ async fn await_reclaim(
                 .and_then(|s| s.message.clone())
                 .unwrap_or_default();
             warn!(volume = %name, %message, "the volume's reclaim failed");
-            report.left(format!("PV {name} (Delete) Failed to reclaim: {message}"));
+            report.left(
+                Kind::VolumeReclaimFailed,
+                Some(name),
+                format!("PV {name} (Delete) Failed to reclaim: {message}"),
+            );
         }
-        Waited::Done(_) => report.done(format!("PV {name} deleted by its reclaim policy")),
+        Waited::Done(_) => report.done(
+            Kind::VolumeReclaimed,
+            Some(name),
+            format!("PV {name} deleted by its reclaim policy"),
+        ),
         Waited::TimedOut => {
             warn!(volume = %name, "the volume is still there; its provisioner may delete it later");
-            report.left(format!(
-                "PV {name} (Delete) still present after {}",
-                humantime::format_duration(ctx.timeout)
-            ));
+            report.left(
+                Kind::VolumeReclaimPending,
+                Some(name),
+                format!(
+                    "PV {name} (Delete) still present after {}",
+                    humantime::format_duration(ctx.timeout)
+                ),
+            );
         }
     }
     Ok(())

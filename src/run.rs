@@ -7,7 +7,7 @@ use tracing::info;
 
 use crate::class::{self, Desired, Target};
 use crate::config::Config;
-use crate::error::{Error, ExitStatus, Request};
+use crate::error::{Error, Request};
 use crate::migrate::{self, Context};
 use crate::summary::Outcome;
 
@@ -36,10 +36,9 @@ pub async fn run(client: Client, config: &Config) -> Result<Vec<Outcome>, Error>
         ctx.check_namespace().await?;
         let selector = config.selector.as_deref().unwrap_or_default();
         let key = format!("{}/-l {selector}", ctx.namespace);
-        return Ok(vec![Outcome::new(
-            &key,
-            ExitStatus::Ok,
-            "nothing to do: no claim matches the selector".into(),
+        return Ok(vec![Outcome::nothing(
+            key,
+            "no claim matches the selector".into(),
         )]);
     }
     info!(namespace = %ctx.namespace, claims = %names.join(","), desired = ?ctx.target, dry_run = ctx.dry_run, "start");

@@ -1,78 +1,271 @@
-//! What a run reports: one line per claim on stdout, and the same lines in the termination
-//! message file that `kubectl describe pod` shows.
+//! What a run reports: one summary per claim on stdout, as a line of text or as a JSON object
+//! (`--summary-format json`), and the same lines in the termination message file that
+//! `kubectl describe pod` shows.
+//!
+//! A summary says what was found, what was done (or, in a dry run, would be), and what was left.
+//! Each of those items has a stable [`Kind`] and, where it names an object, that object's name:
+//! scripts and tests read those; the text is for people and may change.
 
+use std::fmt;
 use std::path::Path;
+
+use serde::Serialize;
 
 use crate::error::ExitStatus;
 
 /// The termination message file holds at most this much; the kubelet truncates the rest.
 pub const TERMINATION_LOG_LIMIT: usize = 4096;
 
-/// What became of one claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    pub claim: String,
-    pub status: ExitStatus,
-    pub line: String,
+/// What one item of a summary is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    // found
+    /// The claim's class; name: the class.
+    Class,
+    /// The claim was already being deleted.
+    BeingDeleted,
+    /// The claim is not bound to a volume.
+    Unbound,
+    /// The claim's volume; name: the volume.
+    Volume,
+    /// The claim names a volume that no longer exists; name: the volume.
+    VolumeGone,
+    /// A scheduled pod uses the claim; name: the pod.
+    UsedBy,
+    /// A finalizer of another controller holds the claim; name: the finalizer.
+    ForeignFinalizer,
+    /// No claim of that name.
+    ClaimAbsent,
+    /// A volume that an interrupted run marked; name: the volume.
+    MarkedVolume,
+    // done, would, left
+    /// The delete-after-claim mark was put on the volume; name: the volume.
+    VolumeMarked,
+    /// The mark was taken off again (or could not be: left); name: the volume.
+    VolumeUnmarked,
+    /// The claim was deleted; name: the claim.
+    ClaimDeleted,
+    /// Claim finalizers were stripped; name: the finalizer.
+    ClaimFinalizerStripped,
+    /// A pod was evicted; name: the pod.
+    PodEvicted,
+    /// The claim is gone; name: the claim.
+    ClaimGone,
+    /// The volume's reclaim policy was switched to Delete; name: the volume.
+    VolumeReclaimDelete,
+    /// The volume was deleted; name: the volume.
+    VolumeDeleted,
+    /// Volume finalizers were stripped; name: the finalizer.
+    VolumeFinalizerStripped,
+    /// The volume's provisioner reclaimed it; name: the volume.
+    VolumeReclaimed,
+    /// The volume is kept with the old data; name: the volume.
+    VolumeKept,
+    /// The volume is still there, its reclaim pending; name: the volume.
+    VolumeReclaimPending,
+    /// The volume's reclaim failed; name: the volume.
+    VolumeReclaimFailed,
+    /// A step of the plan that was not reached; no name.
+    NotReached,
 }
 
-/// Builds the summary line of a claim: what was found, what was done, what was left.
+/// One fact, step or leftover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub text: String,
+}
+
+impl Item {
+    pub fn new(kind: Kind, name: Option<&str>, text: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.map(str::to_owned),
+            text: text.into(),
+        }
+    }
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// How the handling of a claim ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Result {
+    /// Nothing needed doing; `reason` says why.
+    NothingToDo,
+    /// Migrated: the claim is gone, Helm can create it on the new class.
+    Migrated,
+    /// Finished what an interrupted run left (a marked volume).
+    Finished,
+    /// A dry run: the pre-flight passed; `would` lists the steps.
+    DryRun,
+    /// Refused for safety before anything changed.
+    Refused,
+    /// Failed before anything changed.
+    Failed,
+    /// Stopped after something changed; a rerun finishes it.
+    PartWay,
+}
+
+impl Result {
+    fn text(self) -> &'static str {
+        match self {
+            Result::NothingToDo => "nothing to do",
+            Result::Migrated => "migrated",
+            Result::Finished => "finished an interrupted migration",
+            Result::DryRun => "dry run, would migrate",
+            Result::Refused => "refused, nothing changed",
+            Result::Failed => "failed, nothing changed",
+            Result::PartWay => "stopped part-way, run again to finish",
+        }
+    }
+}
+
+/// What became of one claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// `namespace/name`, or `namespace/-l selector` when a selector picked none.
+    pub claim: String,
+    /// This claim's exit status.
+    pub status: ExitStatus,
+    pub result: Result,
+    /// Whether anything in the cluster was changed for this claim.
+    pub changed: bool,
+    /// Why nothing was done, or the target (`class "b"`, `no class`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The refusal or error that ended the handling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub found: Vec<Item>,
+    pub done: Vec<Item>,
+    pub would: Vec<Item>,
+    pub left: Vec<Item>,
+}
+
+/// Collects what is found, done and left while a claim is handled.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    found: Vec<String>,
-    done: Vec<String>,
-    left: Vec<String>,
-    changed: bool,
+    found: Vec<Item>,
+    done: Vec<Item>,
+    would: Vec<Item>,
+    left: Vec<Item>,
 }
 
 impl Report {
-    pub fn found(&mut self, fact: impl Into<String>) {
-        self.found.push(fact.into());
+    pub fn found(&mut self, kind: Kind, name: Option<&str>, text: impl Into<String>) {
+        self.found.push(Item::new(kind, name, text));
     }
 
     /// A step that changed the cluster.
-    pub fn done(&mut self, step: impl Into<String>) {
-        self.done.push(step.into());
-        self.changed = true;
+    pub fn done(&mut self, kind: Kind, name: Option<&str>, text: impl Into<String>) {
+        self.done.push(Item::new(kind, name, text));
     }
 
-    /// A step sent with server-side dry run: reported, but nothing changed.
-    pub fn would(&mut self, step: impl Into<String>) {
-        self.done.push(step.into());
+    /// A step sent with server-side dry run: accepted, nothing changed.
+    pub fn would(&mut self, kind: Kind, name: Option<&str>, text: impl Into<String>) {
+        self.would.push(Item::new(kind, name, text));
+    }
+
+    pub fn left(&mut self, kind: Kind, name: Option<&str>, text: impl Into<String>) {
+        self.left.push(Item::new(kind, name, text));
     }
 
     pub fn changed(&self) -> bool {
-        self.changed
+        !self.done.is_empty()
     }
 
-    pub fn left(&mut self, item: impl Into<String>) {
-        self.left.push(item.into());
+    /// The found facts so far, on one line, for the log.
+    pub fn found_line(&self) -> String {
+        join(&self.found)
     }
 
-    /// `<result>: found <facts>; done: <steps>; left: <items>`, empty parts omitted.
-    pub fn line(&self, result: &str) -> String {
-        let mut line = result.to_owned();
-        if !self.found.is_empty() {
-            line.push_str(": found ");
-            line.push_str(&self.found.join(", "));
+    pub fn finish(
+        self,
+        claim: String,
+        status: ExitStatus,
+        result: Result,
+        detail: Option<String>,
+        error: Option<String>,
+    ) -> Outcome {
+        Outcome {
+            changed: self.changed(),
+            claim,
+            status,
+            result,
+            detail,
+            error,
+            found: self.found,
+            done: self.done,
+            would: self.would,
+            left: self.left,
         }
-        for (label, items) in [("done", &self.done), ("left", &self.left)] {
-            if !items.is_empty() {
-                line.push_str(&format!("; {label}: {}", items.join(", ")));
-            }
-        }
-        line
     }
 }
 
 impl Outcome {
-    pub fn new(claim: &str, status: ExitStatus, line: String) -> Self {
-        Self {
-            claim: claim.to_owned(),
-            status,
-            line: format!("{claim}: {line}"),
-        }
+    /// An outcome with nothing found or done.
+    pub fn nothing(claim: String, reason: String) -> Self {
+        Report::default().finish(
+            claim,
+            ExitStatus::Ok,
+            Result::NothingToDo,
+            Some(reason),
+            None,
+        )
     }
+
+    /// `<claim>: <result>[ to <detail>|: <detail>]: found <facts>; done: <steps>; would: <steps>;
+    /// left: <items>[: <error>]`, empty parts omitted.
+    pub fn line(&self) -> String {
+        let mut line = format!("{}: {}", self.claim, self.result.text());
+        if let Some(detail) = &self.detail {
+            let joint = match self.result {
+                Result::Migrated | Result::DryRun => " to ",
+                _ => ": ",
+            };
+            line.push_str(joint);
+            line.push_str(detail);
+        }
+        if !self.found.is_empty() {
+            line.push_str(": found ");
+            line.push_str(&join(&self.found));
+        }
+        for (label, items) in [
+            ("done", &self.done),
+            ("would", &self.would),
+            ("left", &self.left),
+        ] {
+            if !items.is_empty() {
+                line.push_str(&format!("; {label}: {}", join(items)));
+            }
+        }
+        if let Some(error) = &self.error {
+            line.push_str(": ");
+            line.push_str(error);
+        }
+        line
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("an outcome always serializes")
+    }
+}
+
+fn join(items: &[Item]) -> String {
+    items
+        .iter()
+        .map(|i| i.text.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The exit status of a run: the highest of its claims', 0 for none.
@@ -117,30 +310,72 @@ pub fn write_termination_log(path: &Path, lines: &[String]) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn report_line_omits_empty_parts() {
+    fn migrated() -> Outcome {
         let mut report = Report::default();
-        assert_eq!(report.line("nothing to do"), "nothing to do");
-        report.found("class \"a\"");
-        report.found("bound to PV pv-1 (Retain)");
-        report.done("deleted the claim");
-        report.left("PV pv-1 (Retain) Released with the old data");
+        report.found(Kind::Class, Some("a"), "class \"a\"");
+        report.found(Kind::Volume, Some("pv-1"), "bound to PV pv-1 (Retain)");
+        report.done(Kind::ClaimDeleted, Some("data"), "claim deleted");
+        report.left(
+            Kind::VolumeKept,
+            Some("pv-1"),
+            "PV pv-1 (Retain) with the old data",
+        );
+        report.finish(
+            "apps/data".into(),
+            ExitStatus::Ok,
+            Result::Migrated,
+            Some("class \"b\"".into()),
+            None,
+        )
+    }
+
+    #[test]
+    fn line_omits_empty_parts() {
         assert_eq!(
-            report.line("migrated to class \"b\""),
-            "migrated to class \"b\": found class \"a\", bound to PV pv-1 (Retain); done: deleted the claim; left: PV pv-1 (Retain) Released with the old data"
+            Outcome::nothing("apps/data".into(), "claim absent".into()).line(),
+            "apps/data: nothing to do: claim absent"
+        );
+        assert_eq!(
+            migrated().line(),
+            "apps/data: migrated to class \"b\": found class \"a\", bound to PV pv-1 (Retain); done: claim deleted; left: PV pv-1 (Retain) with the old data"
         );
     }
 
     #[test]
+    fn json_carries_kinds_names_and_status() {
+        let value: serde_json::Value = serde_json::from_str(&migrated().json()).unwrap();
+        assert_eq!(value["claim"], "apps/data");
+        assert_eq!(value["status"], 0);
+        assert_eq!(value["result"], "migrated");
+        assert_eq!(value["changed"], true);
+        assert_eq!(value["done"][0]["kind"], "claim-deleted");
+        assert_eq!(value["done"][0]["name"], "data");
+        assert_eq!(value["left"][0]["kind"], "volume-kept");
+        assert_eq!(value["found"][1]["kind"], "volume");
+        assert!(value.get("error").is_none());
+        assert_eq!(value["would"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn only_real_steps_count_as_changes() {
+        let mut report = Report::default();
+        report.would(Kind::ClaimDeleted, Some("data"), "claim delete accepted");
+        assert!(!report.changed());
+        report.done(Kind::ClaimDeleted, Some("data"), "claim deleted");
+        assert!(report.changed());
+    }
+
+    #[test]
     fn worst_status_wins() {
+        let with =
+            |status| Report::default().finish("ns/a".into(), status, Result::Failed, None, None);
         let outcomes = [
-            Outcome::new("ns/a", ExitStatus::Ok, "x".into()),
-            Outcome::new("ns/b", ExitStatus::Timeout, "y".into()),
-            Outcome::new("ns/c", ExitStatus::Refused, "z".into()),
+            with(ExitStatus::Ok),
+            with(ExitStatus::PartWay),
+            with(ExitStatus::Refused),
         ];
-        assert_eq!(worst(&outcomes), ExitStatus::Timeout);
+        assert_eq!(worst(&outcomes), ExitStatus::PartWay);
         assert_eq!(worst(&[]), ExitStatus::Ok);
-        assert_eq!(outcomes[0].line, "ns/a: x");
     }
 
     #[test]
