@@ -2,20 +2,11 @@
 //! version, admission (protection finalizers, default class), the PV controller's binding and
 //! release, the protection controllers, preconditions, and ServiceAccount tokens under RBAC.
 
-mod common;
-
-use common::*;
-use k8s_openapi::api::{
-    authentication::v1::SelfSubjectReview,
-    core::v1::{PersistentVolume, PersistentVolumeClaim, Pod},
+use k8s_openapi::api::{authentication::v1::SelfSubjectReview, storage::v1::StorageClass};
+use kube::api::{
+    DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, Preconditions,
 };
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, Preconditions},
-};
-
-const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
-const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+use testkit::prelude::*;
 
 #[tokio::test]
 async fn version_is_stamped() {
@@ -32,20 +23,13 @@ async fn version_is_stamped() {
 
 #[tokio::test]
 async fn admission_adds_protection_finalizers() {
-    let client = client().await;
     let ns = TestNamespace::new("finalizers").await;
-    let class = create_storage_class(&client, &ns, "a", &ClassOpts::default()).await;
-    let pv = create_pv(
-        &client,
-        &ns,
-        "pv",
-        &PvOpts {
-            class: Some(class.name_any()),
-            extra_finalizers: vec!["example.com/keep".into()],
-            ..PvOpts::default()
-        },
-    )
-    .await;
+    let class = Class::new("a").create(&ns).await.name_any();
+    let pv = Volume::host_path("pv")
+        .class(&class)
+        .finalizer("example.com/keep")
+        .create(&ns)
+        .await;
     assert!(
         pv.finalizers().iter().any(|f| f == PV_PROTECTION),
         "{:?}",
@@ -58,21 +42,16 @@ async fn admission_adds_protection_finalizers() {
     );
 
     // No matching volume (different size), so the claim stays Pending; admission acts anyway.
-    let claim = create_pvc(
-        &client,
-        ns.name(),
-        "data",
-        &PvcOpts {
-            request: "5Gi".into(),
-            ..PvcOpts::class(&class.name_any())
-        },
-    )
-    .await;
+    let claim = Claim::new("data")
+        .class(&class)
+        .request("5Gi")
+        .create(&ns)
+        .await;
     assert_eq!(claim.finalizers(), [PVC_PROTECTION]);
 
     // Deleting the unused PV: pv-protection removes its finalizer at once, the extra one keeps
     // the PV until it is removed too.
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pvs = ns.pvs();
     pvs.delete(&pv.name_any(), &DeleteParams::default())
         .await
         .expect("delete PV");
@@ -94,82 +73,46 @@ async fn admission_adds_protection_finalizers() {
 
 #[tokio::test]
 async fn claim_binds_to_static_volume_of_its_class() {
-    let client = client().await;
-    let ns = TestNamespace::new("binding").await;
-    let a = create_storage_class(&client, &ns, "a", &ClassOpts::default()).await;
-    let b = create_storage_class(&client, &ns, "b", &ClassOpts::default()).await;
+    let c = Cluster::new("binding").await;
     // Same size and modes, other class: must not be chosen.
-    let pv_b = create_pv(
-        &client,
-        &ns,
-        "pv-b",
-        &PvOpts {
-            class: Some(b.name_any()),
-            ..PvOpts::default()
-        },
-    )
-    .await;
-    let pv_a = create_pv(
-        &client,
-        &ns,
-        "pv-a",
-        &PvOpts {
-            class: Some(a.name_any()),
-            ..PvOpts::default()
-        },
-    )
-    .await;
+    let pv_b = Volume::host_path("pv-b").class(&c.b).create(&c).await;
+    let pv_a = Volume::host_path("pv-a").class(&c.a).create(&c).await;
 
-    let claim = create_pvc(&client, ns.name(), "data", &PvcOpts::class(&a.name_any())).await;
-    let bound = wait_bound(&client, ns.name(), "data").await;
-    assert_eq!(
-        bound.spec.as_ref().unwrap().volume_name.as_deref(),
-        Some(pv_a.name_any().as_str())
-    );
+    let claim = c.claim("data").create(&c).await;
+    let bound = wait_bound(c.client(), c.name(), "data").await;
+    assert_eq!(volume_name(&bound), Some(pv_a.name_any().as_str()));
 
-    let pv = wait_pv_phase(&client, &pv_a.name_any(), "Bound").await;
+    let pv = wait_pv_phase(c.client(), &pv_a.name_any(), "Bound").await;
     let claim_ref = pv.spec.unwrap().claim_ref.unwrap();
     assert_eq!(claim_ref.uid, claim.uid());
-    assert_eq!(claim_ref.namespace.as_deref(), Some(ns.name()));
-    let other = get(
-        &Api::<PersistentVolume>::all(client.clone()),
-        &pv_b.name_any(),
-    )
-    .await;
-    assert_eq!(other.status.unwrap().phase.as_deref(), Some("Available"));
+    assert_eq!(claim_ref.namespace.as_deref(), Some(c.name()));
+    let other = get(&c.pvs(), &pv_b.name_any()).await;
+    assert_eq!(pv_phase(&other), Some("Available"));
 }
 
 #[tokio::test]
 async fn claim_without_class_gets_the_default_class() {
     let _default = default_class_lock();
-    let client = client().await;
     let ns = TestNamespace::new("default-class").await;
-    let default = create_storage_class(
-        &client,
-        &ns,
-        "default",
-        &ClassOpts {
-            default: true,
-            provisioner: "example.com/none".into(),
-            ..ClassOpts::default()
-        },
-    )
-    .await;
+    let default = Class::new("default")
+        .default_class()
+        .provisioner("example.com/none")
+        .create(&ns)
+        .await;
 
-    let claim = create_pvc(&client, ns.name(), "nil-class", &PvcOpts::default()).await;
+    let claim = Claim::new("nil-class").create(&ns).await;
     assert_eq!(
-        claim.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        claim_class(&claim),
         Some(default.name_any().as_str()),
         "DefaultStorageClass admission"
     );
     // An explicit empty class means "no class" and is left alone.
-    let empty = create_pvc(&client, ns.name(), "empty-class", &PvcOpts::class("")).await;
-    assert_eq!(empty.spec.unwrap().storage_class_name.as_deref(), Some(""));
+    let empty = Claim::new("empty-class").class("").create(&ns).await;
+    assert_eq!(claim_class(&empty), Some(""));
 
     // The class's provisioner is external and absent: the claim waits for it.
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
     wait_for(
-        &claims,
+        &ns.claims(),
         "nil-class",
         "the storage-provisioner annotation",
         |c| {
@@ -183,7 +126,7 @@ async fn claim_without_class_gets_the_default_class() {
     )
     .await;
 
-    Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client.clone())
+    Api::<StorageClass>::all(ns.client().clone())
         .delete(&default.name_any(), &DeleteParams::default())
         .await
         .expect("delete the default class");
@@ -191,42 +134,13 @@ async fn claim_without_class_gets_the_default_class() {
 
 #[tokio::test]
 async fn deleting_a_bound_claim_releases_a_retained_volume() {
-    let client = client().await;
-    let ns = TestNamespace::new("release").await;
-    let class = create_storage_class(
-        &client,
-        &ns,
-        "a",
-        &ClassOpts {
-            reclaim_policy: "Retain".into(),
-            ..ClassOpts::default()
-        },
-    )
-    .await;
-    let pv = create_pv(
-        &client,
-        &ns,
-        "pv",
-        &PvOpts {
-            class: Some(class.name_any()),
-            ..PvOpts::default()
-        },
-    )
-    .await;
-    create_pvc(
-        &client,
-        ns.name(),
-        "data",
-        &PvcOpts::class(&class.name_any()),
-    )
-    .await;
-    let claim = wait_bound(&client, ns.name(), "data").await;
+    let c = Cluster::with_classes("release", Class::new("a").retain(), Class::new("b")).await;
+    let pv = Volume::host_path("pv").class(&c.a).create(&c).await;
+    let claim = c.claim("data").create_bound(&c).await;
 
     // A pod on a node uses the claim: deleting the claim leaves it Terminating.
-    let node = create_node(&client, &ns, "node").await;
-    create_pod(&client, ns.name(), "user", &node.name_any(), &["data"]).await;
-    set_pod_phase(&client, ns.name(), "user", "Running").await;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
+    c.running_pod("user", "data").await;
+    let claims = c.claims();
     claims
         .delete(
             "data",
@@ -242,8 +156,8 @@ async fn deleting_a_bound_claim_releases_a_retained_volume() {
     assert_eq!(terminating.finalizers(), [PVC_PROTECTION]);
 
     // Evict the pod; without a kubelet it would stay Terminating, the stand-in finishes it.
-    let stand_in = kubelet_stand_in(ns.name());
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+    let stand_in = KubeletStandIn::start(c.name());
+    let pods = c.pods();
     pods.evict("user", &EvictParams::default())
         .await
         .expect("evict");
@@ -252,27 +166,16 @@ async fn deleting_a_bound_claim_releases_a_retained_volume() {
 
     // pvc-protection lets the claim go; the PV controller marks the volume Released and keeps it.
     wait_deleted(&claims, "data").await;
-    let released = wait_pv_phase(&client, &pv.name_any(), "Released").await;
-    assert_eq!(
-        released
-            .spec
-            .as_ref()
-            .unwrap()
-            .claim_ref
-            .as_ref()
-            .unwrap()
-            .uid,
-        claim.uid()
-    );
+    let released = wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
+    assert_eq!(claim_ref_uid(&released), claim.uid().as_deref());
     assert!(released.finalizers().iter().any(|f| f == PV_PROTECTION));
 }
 
 #[tokio::test]
 async fn delete_with_a_wrong_uid_precondition_conflicts() {
-    let client = client().await;
     let ns = TestNamespace::new("precondition").await;
-    create_pvc(&client, ns.name(), "data", &PvcOpts::class("")).await;
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
+    Claim::new("data").class("").create(&ns).await;
+    let claims = ns.claims();
     let wrong = DeleteParams::default().preconditions(Preconditions {
         uid: Some("00000000-0000-0000-0000-000000000000".into()),
         resource_version: None,
@@ -290,21 +193,17 @@ async fn delete_with_a_wrong_uid_precondition_conflicts() {
 
 #[tokio::test]
 async fn service_account_token_is_authenticated_and_limited_by_rbac() {
-    let admin = client().await;
     let ns = TestNamespace::new("rbac").await;
-    create_pvc(&admin, ns.name(), "data", &PvcOpts::class("")).await;
-    let sa = service_account_with_rules(
-        &admin,
-        &ns,
-        "reader",
-        &[rule(&[""], &["persistentvolumeclaims"], &["get", "list"])],
-        &[rule(
+    Claim::new("data").class("").create(&ns).await;
+    let sa = Account::new("reader")
+        .role(&[rule(&[""], &["persistentvolumeclaims"], &["get", "list"])])
+        .cluster_role(&[rule(
             &["storage.k8s.io"],
             &["storageclasses"],
             &["get", "list"],
-        )],
-    )
-    .await;
+        )])
+        .create(&ns)
+        .await;
     let client = sa.client().await;
 
     let review: SelfSubjectReview = Api::all(client.clone())
@@ -324,7 +223,7 @@ async fn service_account_token_is_authenticated_and_limited_by_rbac() {
             .len(),
         1
     );
-    Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client.clone())
+    Api::<StorageClass>::all(client.clone())
         .list(&ListParams::default())
         .await
         .expect("list classes (ClusterRole)");
@@ -343,7 +242,13 @@ async fn service_account_token_is_authenticated_and_limited_by_rbac() {
     // A garbage token is rejected outright.
     let bogus = tempfile::tempdir().unwrap();
     let path = bogus.path().join("kubeconfig");
-    write_token_kubeconfig(&path, "bogus", "not-a-token", None);
+    write_token_kubeconfig(
+        &path,
+        apiserver_url(),
+        Some(ca_path()),
+        "not-a-token",
+        "default",
+    );
     let result = client_for(&path).await.apiserver_version().await;
     assert_eq!(api_code(&result), Some(401), "{result:?}");
 }

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
-use storageclass_migrate::summary::Outcome;
+use storageclass_migrate::summary::{Item, Kind, Outcome, Result};
 use storageclass_migrate::{Args, ExitStatus, run};
 
 const CLAIM: &str = "/api/v1/namespaces/apps/persistentvolumeclaims/data";
@@ -170,6 +170,40 @@ fn pod(name: &str) -> Value {
     })
 }
 
+fn kinds(items: &[Item]) -> Vec<Kind> {
+    items.iter().map(|i| i.kind).collect()
+}
+
+/// `GET` of the claim, answered with `claim`.
+fn get_claim(claim: Value) -> Expect {
+    expect("GET", CLAIM, 200, claim)
+}
+
+/// `GET` of class b, which exists.
+fn get_class_b() -> Expect {
+    expect(
+        "GET",
+        "/apis/storage.k8s.io/v1/storageclasses/b",
+        200,
+        class("b", false, "2026-01-01T00:00:00Z"),
+    )
+}
+
+/// The list of the namespace's pods, answered with `pods`.
+fn list_pods(pods: Vec<Value>) -> Expect {
+    expect("GET", PODS, 200, list("PodList", pods))
+}
+
+/// The watch of the claim, which finds it gone.
+fn claim_gone() -> Expect {
+    expect(
+        "GET",
+        CLAIM_WATCH,
+        200,
+        list("PersistentVolumeClaimList", vec![]),
+    )
+}
+
 fn status(code: u16, reason: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason, "message": reason})
 }
@@ -192,7 +226,7 @@ async fn absent_claim_checks_the_namespace_only() {
         ],
     )
     .await;
-    assert_eq!(outcomes[0].line, "apps/data: nothing to do: claim absent");
+    assert_eq!(outcomes[0].line(), "apps/data: nothing to do: claim absent");
     assert_eq!(outcomes[0].status, ExitStatus::Ok);
 }
 
@@ -200,12 +234,13 @@ async fn absent_claim_checks_the_namespace_only() {
 async fn claim_on_desired_class_takes_one_request() {
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![expect("GET", CLAIM, 200, claim("b", Some("pv-1"), &[]))],
+        vec![get_claim(claim("b", Some("pv-1"), &[]))],
     )
     .await;
+    assert_eq!(outcomes[0].result, Result::NothingToDo);
     assert_eq!(
-        outcomes[0].line,
-        "apps/data: nothing to do: already on the desired class"
+        outcomes[0].detail.as_deref(),
+        Some("already on the desired class")
     );
 }
 
@@ -228,13 +263,14 @@ async fn default_class_is_listed_and_newest_wins() {
                 200,
                 classes,
             ),
-            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+            get_claim(claim("a", Some("pv-1"), &[])),
         ],
     )
     .await;
+    assert_eq!(outcomes[0].result, Result::NothingToDo);
     assert_eq!(
-        outcomes[0].line,
-        "apps/data: nothing to do: already on the desired class"
+        outcomes[0].detail.as_deref(),
+        Some("already on the desired class")
     );
 }
 
@@ -243,25 +279,15 @@ async fn retained_volume_deleted_on_request_with_uid_preconditions() {
     let outcomes = run_against(
         &["--storage-class", "b", "--delete-retained-pv"],
         vec![
-            expect(
-                "GET",
-                CLAIM,
-                200,
-                claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"]),
-            ),
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses/b",
-                200,
-                class("b", false, "2026-01-01T00:00:00Z"),
-            ),
+            get_claim(claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"])),
+            get_class_b(),
             expect(
                 "GET",
                 VOLUME,
                 200,
                 volume("Retain", &["kubernetes.io/pv-protection"]),
             ),
-            expect("GET", PODS, 200, list("PodList", vec![])),
+            list_pods(vec![]),
             expect("PATCH", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
                 .body(json!({"metadata": {"uid": "pv-uid", "annotations": {"storageclass-migrate/delete-after-claim": "apps/data"}}}))
                 .content_type("application/merge-patch+json"),
@@ -272,12 +298,7 @@ async fn retained_volume_deleted_on_request_with_uid_preconditions() {
                 deleting(claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"])),
             )
             .body(delete_body("claim-uid")),
-            expect(
-                "GET",
-                CLAIM_WATCH,
-                200,
-                list("PersistentVolumeClaimList", vec![]),
-            ),
+            claim_gone(),
             expect("GET", VOLUME, 200, volume("Retain", &[])),
             expect("DELETE", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
                 .body(json!({"propagationPolicy": "Background", "preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
@@ -290,11 +311,16 @@ async fn retained_volume_deleted_on_request_with_uid_preconditions() {
         ],
     )
     .await;
-    assert_eq!(outcomes[0].status, ExitStatus::Ok, "{}", outcomes[0].line);
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.status, ExitStatus::Ok, "{}", outcome.line());
+    assert_eq!(outcome.result, Result::Migrated);
     assert_eq!(
-        outcomes[0].line,
-        "apps/data: migrated to class \"b\": found class \"a\", bound to PV pv-1 (Retain); done: claim deleted, claim gone, PV pv-1 (Retain) deleted"
+        kinds(&outcome.done),
+        [Kind::ClaimDeleted, Kind::ClaimGone, Kind::VolumeDeleted],
+        "{}",
+        outcome.line()
     );
+    assert!(outcome.left.is_empty(), "{}", outcome.line());
 }
 
 #[tokio::test]
@@ -302,37 +328,28 @@ async fn retained_volume_is_kept_and_named() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         vec![
-            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses/b",
-                200,
-                class("b", false, "2026-01-01T00:00:00Z"),
-            ),
+            get_claim(claim("a", Some("pv-1"), &[])),
+            get_class_b(),
             expect("GET", VOLUME, 200, volume("Retain", &[])),
-            expect("GET", PODS, 200, list("PodList", vec![])),
+            list_pods(vec![]),
             expect(
                 "DELETE",
                 &format!("{CLAIM}?"),
                 200,
                 deleting(claim("a", Some("pv-1"), &[])),
             ),
-            expect(
-                "GET",
-                CLAIM_WATCH,
-                200,
-                list("PersistentVolumeClaimList", vec![]),
-            ),
+            claim_gone(),
         ],
     )
     .await;
-    assert!(
-        outcomes[0]
-            .line
-            .ends_with("left: PV pv-1 (Retain) with the old data"),
+    let outcome = &outcomes[0];
+    assert_eq!(
+        kinds(&outcome.left),
+        [Kind::VolumeKept],
         "{}",
-        outcomes[0].line
+        outcome.line()
     );
+    assert_eq!(outcome.left[0].name.as_deref(), Some("pv-1"));
 }
 
 #[tokio::test]
@@ -340,10 +357,10 @@ async fn dry_run_sends_deletes_and_evictions_with_dry_run_all() {
     let outcomes = run_against(
         &["--storage-class", "b", "--dry-run", "--delete-retained-pv"],
         vec![
-            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
-            expect("GET", "/apis/storage.k8s.io/v1/storageclasses/b", 200, class("b", false, "2026-01-01T00:00:00Z")),
+            get_claim(claim("a", Some("pv-1"), &[])),
+            get_class_b(),
             expect("GET", VOLUME, 200, volume("Retain", &[])),
-            expect("GET", PODS, 200, list("PodList", vec![pod("web-0")])),
+            list_pods(vec![pod("web-0")]),
             expect("DELETE", &format!("{CLAIM}?"), 200, deleting(claim("a", Some("pv-1"), &[])))
                 .body(json!({"dryRun": ["All"], "preconditions": {"uid": "claim-uid"}})),
             expect("POST", "/api/v1/namespaces/apps/pods/web-0/eviction?&dryRun=All", 201, status(201, "Created"))
@@ -354,12 +371,18 @@ async fn dry_run_sends_deletes_and_evictions_with_dry_run_all() {
         ],
     )
     .await;
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.result, Result::DryRun, "{}", outcome.line());
+    assert_eq!(outcome.detail.as_deref(), Some("class \"b\""));
     assert!(
-        outcomes[0]
-            .line
-            .starts_with("apps/data: dry run, would migrate to class \"b\""),
+        outcome.done.is_empty() && !outcome.changed,
         "{}",
-        outcomes[0].line
+        outcome.line()
+    );
+    assert!(
+        kinds(&outcome.would).contains(&Kind::PodEvicted),
+        "{}",
+        outcome.line()
     );
 }
 
@@ -372,14 +395,9 @@ async fn force_strips_pvc_protection_with_a_resource_version_merge_patch_and_ret
     let outcomes = run_against(
         &["--storage-class", "b", "--in-use", "force"],
         vec![
-            expect("GET", CLAIM, 200, claim("a", None, &finalizers)),
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses/b",
-                200,
-                class("b", false, "2026-01-01T00:00:00Z"),
-            ),
-            expect("GET", PODS, 200, list("PodList", vec![pod("web-0")])),
+            get_claim(claim("a", None, &finalizers)),
+            get_class_b(),
+            list_pods(vec![pod("web-0")]),
             expect("DELETE", &format!("{CLAIM}?"), 200, deleted.clone()),
             expect("GET", CLAIM, 200, deleted.clone()),
             expect("PATCH", &format!("{CLAIM}?"), 409, status(409, "Conflict"))
@@ -387,22 +405,26 @@ async fn force_strips_pvc_protection_with_a_resource_version_merge_patch_and_ret
                 .content_type("application/merge-patch+json"),
             expect("GET", CLAIM, 200, deleted.clone()),
             expect("PATCH", &format!("{CLAIM}?"), 200, deleted.clone()).body(patch()),
-            expect(
-                "GET",
-                CLAIM_WATCH,
-                200,
-                list("PersistentVolumeClaimList", vec![]),
-            ),
+            claim_gone(),
         ],
     )
     .await;
-    assert_eq!(outcomes[0].status, ExitStatus::Ok, "{}", outcomes[0].line);
-    assert!(
-        outcomes[0]
-            .line
-            .contains("stripped claim finalizers kubernetes.io/pvc-protection"),
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.status, ExitStatus::Ok, "{}", outcome.line());
+    assert_eq!(
+        kinds(&outcome.done),
+        [
+            Kind::ClaimDeleted,
+            Kind::ClaimFinalizerStripped,
+            Kind::ClaimGone
+        ],
         "{}",
-        outcomes[0].line
+        outcome.line()
+    );
+    // Only pvc-protection: the other controller's finalizer stays.
+    assert_eq!(
+        outcome.done[1].text,
+        "stripped claim finalizers kubernetes.io/pvc-protection"
     );
 }
 
@@ -411,19 +433,9 @@ async fn evict_deletes_the_claim_first_then_posts_evictions() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         vec![
-            expect(
-                "GET",
-                CLAIM,
-                200,
-                claim("a", None, &["kubernetes.io/pvc-protection"]),
-            ),
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses/b",
-                200,
-                class("b", false, "2026-01-01T00:00:00Z"),
-            ),
-            expect("GET", PODS, 200, list("PodList", vec![pod("web-0")])),
+            get_claim(claim("a", None, &["kubernetes.io/pvc-protection"])),
+            get_class_b(),
+            list_pods(vec![pod("web-0")]),
             expect(
                 "DELETE",
                 &format!("{CLAIM}?"),
@@ -437,22 +449,18 @@ async fn evict_deletes_the_claim_first_then_posts_evictions() {
                 status(201, "Created"),
             )
             .body(json!({"kind": "Eviction", "metadata": {"name": "web-0", "namespace": "apps"}})),
-            expect(
-                "GET",
-                CLAIM_WATCH,
-                200,
-                list("PersistentVolumeClaimList", vec![]),
-            ),
+            claim_gone(),
         ],
     )
     .await;
-    assert!(
-        outcomes[0]
-            .line
-            .contains("done: claim deleted, evicted pod web-0, claim gone"),
+    let outcome = &outcomes[0];
+    assert_eq!(
+        kinds(&outcome.done),
+        [Kind::ClaimDeleted, Kind::PodEvicted, Kind::ClaimGone],
         "{}",
-        outcomes[0].line
+        outcome.line()
     );
+    assert_eq!(outcome.done[1].name.as_deref(), Some("web-0"));
 }
 
 #[tokio::test]
@@ -460,25 +468,25 @@ async fn replaced_claim_is_refused_on_uid_precondition() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         vec![
-            expect("GET", CLAIM, 200, claim("a", None, &[])),
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses/b",
-                200,
-                class("b", false, "2026-01-01T00:00:00Z"),
-            ),
-            expect("GET", PODS, 200, list("PodList", vec![])),
+            get_claim(claim("a", None, &[])),
+            get_class_b(),
+            list_pods(vec![]),
             expect("DELETE", &format!("{CLAIM}?"), 409, status(409, "Conflict")),
         ],
     )
     .await;
-    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.status, ExitStatus::Refused, "{}", outcome.line());
+    assert_eq!(outcome.result, Result::Refused);
+    assert!(!outcome.changed);
     assert!(
-        outcomes[0]
-            .line
-            .starts_with("apps/data: refused, nothing changed: the claim was replaced"),
+        outcome
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("the claim was replaced"),
         "{}",
-        outcomes[0].line
+        outcome.line()
     );
 }
 
@@ -489,25 +497,22 @@ async fn forbidden_names_the_verb_and_resource() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         vec![
-            expect("GET", CLAIM, 200, claim("a", None, &[])),
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses/b",
-                200,
-                class("b", false, "2026-01-01T00:00:00Z"),
-            ),
-            expect("GET", PODS, 200, list("PodList", vec![])),
+            get_claim(claim("a", None, &[])),
+            get_class_b(),
+            list_pods(vec![]),
             expect("DELETE", &format!("{CLAIM}?"), 403, forbidden),
         ],
     )
     .await;
-    assert_eq!(outcomes[0].status, ExitStatus::Api);
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.status, ExitStatus::Api, "{}", outcome.line());
+    assert_eq!(outcome.result, Result::Failed);
     assert!(
-        outcomes[0].line.contains(
+        outcome.error.as_deref().unwrap_or_default().contains(
             "delete persistentvolumeclaims \"data\" in namespace \"apps\": HTTP 403 Forbidden: "
         ),
         "{}",
-        outcomes[0].line
+        outcome.line()
     );
 }
 
@@ -516,7 +521,7 @@ async fn missing_target_class_is_refused_before_any_change() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         vec![
-            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+            get_claim(claim("a", Some("pv-1"), &[])),
             expect(
                 "GET",
                 "/apis/storage.k8s.io/v1/storageclasses/b",
@@ -524,17 +529,20 @@ async fn missing_target_class_is_refused_before_any_change() {
                 status(404, "NotFound"),
             ),
             expect("GET", VOLUME, 200, volume("Delete", &[])),
-            expect("GET", PODS, 200, list("PodList", vec![])),
+            list_pods(vec![]),
         ],
     )
     .await;
-    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.status, ExitStatus::Refused, "{}", outcome.line());
     assert!(
-        outcomes[0]
-            .line
+        outcome
+            .error
+            .as_deref()
+            .unwrap_or_default()
             .contains("StorageClass \"b\" does not exist"),
         "{}",
-        outcomes[0].line
+        outcome.line()
     );
 }
 
@@ -549,7 +557,7 @@ async fn selector_lists_claims_by_label() {
                 200,
                 list("PersistentVolumeClaimList", vec![claim("b", None, &[])]),
             ),
-            expect("GET", CLAIM, 200, claim("b", None, &[])),
+            get_claim(claim("b", None, &[])),
         ],
     )
     .await;
@@ -586,8 +594,8 @@ async fn a_volume_marked_by_an_interrupted_run_is_finished() {
     )
     .await;
     assert_eq!(
-        outcomes[0].line,
-        "apps/data: finished an interrupted migration: found claim absent, PV pv-1 (Retain) left by an interrupted run; done: PV pv-1 (Retain) deleted"
+        outcomes[0].line(),
+        "apps/data: finished an interrupted migration: marked volumes of apps/data: found claim absent, PV pv-1 (Retain) left by an interrupted run; done: PV pv-1 (Retain) deleted"
     );
 }
 
@@ -597,13 +605,14 @@ async fn a_server_error_is_retried() {
         &["--storage-class", "b"],
         vec![
             expect("GET", CLAIM, 500, status(500, "InternalError")),
-            expect("GET", CLAIM, 200, claim("b", None, &[])),
+            get_claim(claim("b", None, &[])),
         ],
     )
     .await;
+    assert_eq!(outcomes[0].result, Result::NothingToDo);
     assert_eq!(
-        outcomes[0].line,
-        "apps/data: nothing to do: already on the desired class"
+        outcomes[0].detail.as_deref(),
+        Some("already on the desired class")
     );
 }
 
@@ -617,10 +626,12 @@ async fn a_missing_namespace_is_bad_input() {
         ],
     )
     .await;
-    assert_eq!(outcomes[0].status, ExitStatus::BadInput);
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.status, ExitStatus::BadInput, "{}", outcome.line());
+    assert_eq!(outcome.result, Result::Failed);
     assert_eq!(
-        outcomes[0].line,
-        "apps/data: failed: namespace \"apps\" does not exist"
+        outcome.error.as_deref(),
+        Some("namespace \"apps\" does not exist")
     );
 }
 
@@ -636,13 +647,8 @@ async fn pods_are_listed_page_by_page() {
     let outcomes = run_against(
         &["--storage-class", "b", "--in-use", "fail"],
         vec![
-            expect("GET", CLAIM, 200, claim("a", None, &[])),
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses/b",
-                200,
-                class("b", false, "2026-01-01T00:00:00Z"),
-            ),
+            get_claim(claim("a", None, &[])),
+            get_class_b(),
             expect("GET", PODS, 200, first),
             expect(
                 "GET",
@@ -653,12 +659,14 @@ async fn pods_are_listed_page_by_page() {
         ],
     )
     .await;
-    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.status, ExitStatus::Refused, "{}", outcome.line());
+    assert_eq!(outcome.found[0].kind, Kind::Class);
     assert!(
-        outcomes[0].line.ends_with(
+        outcome.error.as_deref().unwrap_or_default().ends_with(
             "in use by pod web-0 on node node-1 (--in-use fail); stop them or choose --in-use evict"
         ),
         "{}",
-        outcomes[0].line
+        outcome.line()
     );
 }

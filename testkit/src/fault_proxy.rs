@@ -15,11 +15,10 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    thread,
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, TryStreamExt, channel::oneshot, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, BodyStream, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Bytes, Frame, Incoming};
@@ -30,6 +29,8 @@ use hyper_util::{
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
+
+use crate::{background::Background, rbac::write_token_kubeconfig};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -284,8 +285,7 @@ struct State {
 pub struct FaultProxy {
     url: String,
     state: Arc<State>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
+    _task: Background,
 }
 
 impl FaultProxy {
@@ -294,46 +294,31 @@ impl FaultProxy {
     pub fn start(upstream_url: &str, ca_file: &Path) -> FaultProxy {
         let upstream_url = upstream_url.trim_end_matches('/').to_owned();
         let ca_file = ca_file.to_path_buf();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = thread::Builder::new()
-            .name("fault-proxy".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let listener = TcpListener::bind("127.0.0.1:0")
-                        .await
-                        .expect("binding the proxy to 127.0.0.1");
-                    let port = listener.local_addr().expect("proxy address").port();
-                    let state = Arc::new(State {
-                        upstream_url,
-                        upstream: upstream_client(&ca_file),
-                        rules: Mutex::new(Vec::new()),
-                        log: Mutex::new(Vec::new()),
-                        logged: watch::channel(0).0,
-                        started: Instant::now(),
-                    });
-                    ready_tx
-                        .send((format!("http://127.0.0.1:{port}"), state.clone()))
-                        .expect("test waiting for the proxy");
-                    tokio::select! {
-                        _ = stop_rx => {}
-                        _ = accept_loop(listener, state) => {}
-                    }
+        let (task, ready) = Background::start(
+            "fault-proxy",
+            Duration::from_secs(30),
+            |mut ready| async move {
+                let listener = TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("binding the proxy to 127.0.0.1");
+                let port = listener.local_addr().expect("proxy address").port();
+                let state = Arc::new(State {
+                    upstream_url,
+                    upstream: upstream_client(&ca_file),
+                    rules: Mutex::new(Vec::new()),
+                    log: Mutex::new(Vec::new()),
+                    logged: watch::channel(0).0,
+                    started: Instant::now(),
                 });
-            })
-            .expect("spawning the proxy thread");
-        let (url, state) = ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the proxy did not start");
+                ready.send((format!("http://127.0.0.1:{port}"), state.clone()));
+                accept_loop(listener, state).await;
+            },
+        );
+        let (url, state) = ready.expect("the proxy did not start");
         FaultProxy {
             url,
             state,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _task: task,
         }
     }
 
@@ -397,30 +382,8 @@ impl FaultProxy {
     /// Writes a kubeconfig that reaches the apiserver through this proxy, over plain HTTP on
     /// loopback, authenticating with `token`.
     pub fn write_kubeconfig(&self, path: &Path, token: &str, namespace: &str) -> PathBuf {
-        let kubeconfig = json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "proxy", "cluster": {"server": self.url}}],
-            "users": [{"name": "hook", "user": {"token": token}}],
-            "contexts": [{"name": "proxy", "context": {
-                "cluster": "proxy", "user": "hook", "namespace": namespace,
-            }}],
-            "current-context": "proxy",
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&kubeconfig).unwrap())
-            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        write_token_kubeconfig(path, &self.url, None, token, namespace);
         path.to_path_buf()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -42,8 +42,6 @@
 //!   kubectl script) run their `command`/`args` on the host, as the pod's user, with a directory
 //!   holding kubectl first on `PATH`, `HOME` in a fresh directory and a kubeconfig made from the
 //!   pod's token.
-#![allow(dead_code)]
-
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs,
@@ -56,21 +54,25 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use futures::{TryStreamExt, channel::oneshot};
 use k8s_openapi::api::{
-    authentication::v1::TokenRequest,
-    authorization::v1::SubjectAccessReview,
-    core::v1::{ConfigMap, Container, Pod, Secret, ServiceAccount, Volume},
+    core::v1::{ConfigMap, Container, Pod, Secret, Volume},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject},
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
-    runtime::{WatchStreamExt, watcher},
+    api::{ListParams, Patch, PatchParams},
+    runtime::watcher,
 };
 use serde_json::{Value, json};
 
-use crate::common::{self, BINARY, ControlPlane};
+use crate::{
+    api::WAIT_TIMEOUT,
+    background::{Background, Ready},
+    binary::binary_path,
+    control_plane::{ControlPlane, client, repo_root},
+    kubelet::each_pod,
+    rbac::{request_token, wait_authorized, write_token_kubeconfig},
+};
 
 /// `image` or `binary`: how to run storageclass-migrate images (default: `image` where possible).
 pub const MODE_ENV: &str = "STORAGECLASS_MIGRATE_HOOK_RUNNER";
@@ -211,8 +213,7 @@ fn indent(text: &str) -> String {
 /// Runs the pods of one namespace until dropped. See the module documentation.
 pub struct HookRunner {
     namespace: String,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
+    _task: Background,
     runs: Arc<Mutex<Vec<HookRun>>>,
 }
 
@@ -220,26 +221,16 @@ impl HookRunner {
     /// Starts a runner for `namespace`; returns once its watch is established, so that a pod
     /// created next is seen.
     pub fn start(namespace: &str, opts: RunnerOpts) -> HookRunner {
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let runs = Arc::new(Mutex::new(Vec::new()));
         let record = runs.clone();
         let ns = namespace.to_string();
-        let thread = thread::Builder::new()
-            .name(format!("hook-runner-{ns}"))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(watch_and_run(ns, opts, record, ready_tx, stop_rx));
-            })
-            .expect("spawning the hook runner");
-        let _ = ready_rx.recv_timeout(common::WAIT_TIMEOUT);
+        let (task, _) =
+            Background::start(&format!("hook-runner-{ns}"), WAIT_TIMEOUT, move |ready| {
+                watch_and_run(ns, opts, record, ready)
+            });
         HookRunner {
             namespace: namespace.to_string(),
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _task: task,
             runs,
         }
     }
@@ -262,62 +253,37 @@ impl HookRunner {
     }
 }
 
-impl Drop for HookRunner {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 async fn watch_and_run(
     ns: String,
     opts: RunnerOpts,
     record: Arc<Mutex<Vec<HookRun>>>,
-    ready: std::sync::mpsc::Sender<()>,
-    stop: oneshot::Receiver<()>,
+    ready: Ready<()>,
 ) {
-    let client = common::client().await;
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let mut ready = Some(ready);
+    let client = client().await;
     let mut handled = HashSet::new();
     let opts = Arc::new(opts);
     let config = watcher::Config::default().labels(&opts.selector);
-    let events = watcher(api, config).default_backoff();
-    let work = events.try_for_each(|event| {
-        if matches!(event, watcher::Event::InitDone)
-            && let Some(tx) = ready.take()
+    each_pod(&ns, config, ready, |pod| {
+        let pending = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_none_or(|p| p == "Pending");
+        if pending
+            && pod.metadata.deletion_timestamp.is_none()
+            && handled.insert(pod.uid().unwrap_or_default())
         {
-            let _ = tx.send(());
+            let client = client.clone();
+            let opts = opts.clone();
+            let record = record.clone();
+            tokio::spawn(async move {
+                let run = run_pod(&client, &pod, &opts).await;
+                record.lock().unwrap().push(run);
+            });
         }
-        if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) = event {
-            let pending = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.as_deref())
-                .is_none_or(|p| p == "Pending");
-            if pending
-                && pod.metadata.deletion_timestamp.is_none()
-                && handled.insert(pod.uid().unwrap_or_default())
-            {
-                let client = client.clone();
-                let opts = opts.clone();
-                let record = record.clone();
-                tokio::spawn(async move {
-                    let run = run_pod(&client, &pod, &opts).await;
-                    record.lock().unwrap().push(run);
-                });
-            }
-        }
-        futures::future::ready(Ok(()))
-    });
-    tokio::select! {
-        _ = stop => {}
-        r = work => eprintln!("hook runner for {ns} stopped: {r:?}"),
-    }
+        futures::future::ready(())
+    })
+    .await;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -490,7 +456,8 @@ async fn prepare(client: &Client, pod: &Pod, opts: &RunnerOpts) -> Result<Prepar
     };
     if let How::HostBinary { why } = &how {
         say_once(&format!(
-            "hook runner: running the host binary {BINARY} instead of image {image}: {why}"
+            "hook runner: running the host binary {} instead of image {image}: {why}",
+            binary_path().display()
         ));
     }
     if let Some(cfg) = &image_config
@@ -755,7 +722,7 @@ fn inspect_image(image: &str) -> Result<ImageConfig, String> {
 /// A warning if a file of src/ (or Cargo.toml, Cargo.lock) is newer than the image.
 fn staleness(image: &str, created: &str) -> Option<String> {
     let created = humantime::parse_rfc3339_weak(created.get(..19)?).ok()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = repo_root();
     let mut newest: Option<(SystemTime, PathBuf)> = None;
     let mut consider = |path: PathBuf| {
         if let Ok(m) = fs::metadata(&path).and_then(|m| m.modified())
@@ -973,21 +940,15 @@ async fn materialize(
             let sa = spec
                 .service_account_name
                 .unwrap_or_else(|| "default".into());
-            let request: TokenRequest = common::from_json(json!({"spec": {
+            let spec = json!({
                 "audiences": t.audience.iter().collect::<Vec<_>>(),
                 "expirationSeconds": t.expiration_seconds.unwrap_or(3607),
                 "boundObjectRef": {
                     "kind": "Pod", "apiVersion": "v1",
                     "name": pod.name_any(), "uid": pod.uid(),
                 },
-            }}));
-            let issued = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-                .create_token_request(&sa, &PostParams::default(), &request)
-                .await
-                .map_err(|e| format!("TokenRequest for {ns}/{sa}: {e}"))?
-                .status
-                .ok_or("TokenRequest without status")?
-                .token;
+            });
+            let issued = request_token(client, &ns, &sa, spec).await?;
             write(&t.path, issued.as_bytes(), mode)?;
             token = Some(issued);
         }
@@ -1109,36 +1070,10 @@ async fn wait_for_rbac(client: &Client, ns: &str, sa: &str) -> Vec<String> {
             }
         }
     }
-    let user = format!("system:serviceaccount:{ns}:{sa}");
-    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     for (rule, namespace) in checks {
-        let (Some(resource), Some(verb)) = (
-            rule.resources.as_ref().and_then(|r| r.first()),
-            rule.verbs.first(),
-        ) else {
-            continue;
-        };
-        let (resource, subresource) = match resource.split_once('/') {
-            Some((r, s)) => (r.to_string(), Some(s.to_string())),
-            None => (resource.clone(), None),
-        };
-        let review: SubjectAccessReview = common::from_json(json!({"spec": {
-            "user": user,
-            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"],
-            "resourceAttributes": {
-                "namespace": namespace, "verb": verb,
-                "group": rule.api_groups.as_ref().and_then(|g| g.first()).cloned().unwrap_or_default(),
-                "resource": resource, "subresource": subresource,
-                "name": rule.resource_names.as_ref().and_then(|n| n.first()),
-            },
-        }}));
-        while Instant::now() < deadline {
-            match reviews.create(&PostParams::default(), &review).await {
-                Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => break,
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        wait_authorized(client, ns, sa, &rule, namespace.as_deref(), left).await;
     }
     bindings.sort();
     bindings
@@ -1162,7 +1097,7 @@ fn execute(p: Prepared, max_run: Duration) -> Done {
         How::HostBinary { .. } => {
             let mut argv = p.argv.clone();
             if argv[0].rsplit('/').next() == Some("storageclass-migrate") {
-                argv[0] = BINARY.to_string();
+                argv[0] = binary_path().display().to_string();
                 run_on_host(&p, &argv, None, &log_path, max_run, &mut notes)
             } else {
                 Err(format!(
@@ -1272,11 +1207,12 @@ fn run_on_host(
     chmod(&home, 0o700);
     let kubeconfig = home.join("kubeconfig");
     let token = p.token.clone().unwrap_or_default();
-    common::write_token_kubeconfig(
+    write_token_kubeconfig(
         &kubeconfig,
-        "pod-service-account",
+        &cp.apiserver_url,
+        Some(&cp.ca),
         &token,
-        Some(&p.namespace),
+        &p.namespace,
     );
     chmod(&kubeconfig, 0o600);
     let user = p.user.filter(|_| accessible_to_others(Path::new(&argv[0])));

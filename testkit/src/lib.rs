@@ -1,0 +1,83 @@
+//! The harness of storageclass-migrate's tests, in one crate that every test target shares.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`control_plane`] | the local control plane (`scripts/control-plane.sh`), admin clients |
+//! | [`namespace`] | unique names, a namespace per test, the default-class lock |
+//! | [`cluster`] | the usual scene: a namespace with classes A and B, the binary run there |
+//! | [`objects`] | builders: classes, volumes, claims, pods, nodes, budgets |
+//! | [`rbac`] | service accounts with rules (the chart's), tokens, token kubeconfigs |
+//! | [`api`] | create, read, wait for, unchanged-object checks |
+//! | [`binary`] | the binary as a subprocess: run, wait, kill; its output |
+//! | [`outcome`] | the binary's structured summary (`--summary-format json`), typed |
+//! | [`kubelet`] | the stand-in kubelet that finishes deleted and evicted pods |
+//! | [`hook_runner`] | runs hook Jobs' pods (in the image, or on the host) in place of a kubelet |
+//! | [`fault_proxy`] | an HTTP proxy to the apiserver that injects faults |
+//! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |
+//! | [`helm`] | helm and the charts, prepared once per test process |
+//! | [`background`] | the stoppable background thread under the kubelet, runner and proxy |
+//!
+//! # Adding a scenario
+//!
+//! A test says its set-up, its run and its expected end state, each in a few lines:
+//!
+//! ```ignore
+//! use testkit::prelude::*;
+//!
+//! #[tokio::test]
+//! async fn retain_volume_is_kept() {
+//!     let c = Cluster::new("retain").await;                   // namespace, classes A and B
+//!     let (claim, pv) = c.bound("data", "Retain").await;      // claim on A, bound
+//!     let run = c.run(&[("PVC_NAME", "data"), ("DESIRED_STORAGECLASS", &c.b)]).await;
+//!     let outcome = run.expect_status(0).outcome();
+//!     assert_eq!(outcome.result, "migrated");
+//!     assert!(outcome.has_left("pv-retained"));
+//!     assert!(read(&c.claims(), "data").await.is_none());
+//! }
+//! ```
+//!
+//! Give every test its own namespace ([`TestNamespace`] or [`Cluster`]): tests run in parallel
+//! against one control plane. Name cluster-scoped objects through the builders (they are
+//! `<namespace>-<suffix>` and go with the namespace). A test that needs a default StorageClass
+//! or claims without a class holds [`default_class_lock`]. Objects that need a kubelet (pods
+//! that finish) need a [`KubeletStandIn`]. Faults between the binary and the apiserver go
+//! through a [`FaultProxy`]; a request can be held inside the apiserver with a [`hold::Hold`].
+
+pub mod api;
+pub mod background;
+pub mod binary;
+pub mod cluster;
+pub mod control_plane;
+pub mod fault_proxy;
+pub mod helm;
+pub mod hold;
+pub mod hook_runner;
+pub mod kubelet;
+pub mod namespace;
+pub mod objects;
+pub mod outcome;
+pub mod rbac;
+
+pub use api::*;
+pub use binary::{Binary, Job, RUN_TIMEOUT, Run, binary_path};
+pub use cluster::Cluster;
+pub use control_plane::{
+    ControlPlane, apiserver_url, ca_path, client, client_for, kubeconfig_path, repo_root,
+};
+pub use fault_proxy::FaultProxy;
+pub use kubelet::KubeletStandIn;
+pub use namespace::{
+    DefaultClassGuard, OWNER_LABEL, TestNamespace, default_class_lock, unique_name,
+};
+pub use objects::*;
+pub use outcome::{Item, Outcome};
+pub use rbac::{
+    Account, ServiceAccountAccess, chart_rules, everything, rule, write_token_kubeconfig,
+};
+
+/// Everything a scenario file usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::*;
+    pub use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+    pub use kube::{Api, Client, ResourceExt};
+}

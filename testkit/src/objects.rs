@@ -1,0 +1,496 @@
+//! Builders for the objects tests create, one line each with defaults that make sense:
+//!
+//! ```ignore
+//! let a = Class::new("a").create(&ns).await;                        // <ns>-a, no provisioner
+//! let pv = Volume::host_path("pv").class(&a.name_any()).create(&ns).await;
+//! let claim = Claim::new("data").class(&a.name_any()).create_bound(&ns).await;
+//! let pod = ClaimUser::new("user").claim("data").running().create(&ns).await;
+//! ```
+//!
+//! Cluster-scoped objects (classes, volumes, nodes) are named `<namespace>-<suffix>` and labelled
+//! for clean-up with the namespace ([`TestNamespace::scoped`], [`TestNamespace::owner_labels`]).
+//! There is no kubelet and no scheduler: pods name their node in `spec.nodeName`, and stay
+//! `Pending` unless marked running ([`ClaimUser::running`]); once deleted or evicted they stay
+//! `Terminating` unless a [`crate::KubeletStandIn`] runs for the namespace. hostPath volumes point
+//! below [`HOST_PATH_ROOT`], which does not exist: the in-tree hostPath deleter (which runs for a
+//! `Delete` volume) then fails instead of deleting files.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
+    policy::v1::PodDisruptionBudget,
+    storage::v1::StorageClass,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use crate::{
+    TestNamespace,
+    api::{create, from_json, pv_phase, wait_bound, wait_for},
+};
+
+/// Annotation that makes a StorageClass the default one.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+/// What admission puts on every claim.
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// What admission puts on every volume.
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+/// What the CSI external-provisioner puts on the volumes it provisions.
+pub const PROVISIONER_FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
+/// The annotation naming a volume's provisioner.
+pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// A provisioner of CSI-like classes and volumes; nothing runs for it.
+pub const CSI_PROVISIONER: &str = "example.com/csi";
+/// Directory that hostPath volumes point into. It does not exist, and it must never contain
+/// `/tmp/`: kube-controller-manager's hostPath deleter removes any such path (it runs for
+/// `Delete` volumes) and accepts nothing else.
+pub const HOST_PATH_ROOT: &str = "/nonexistent/storageclass-migrate-test";
+
+// ------------------------------------------------------------------------------------------
+// StorageClass
+
+/// A StorageClass `<namespace>-<suffix>`: no provisioner (`kubernetes.io/no-provisioner`),
+/// reclaim policy `Delete`, `Immediate` binding, not the default.
+#[derive(Clone, Debug)]
+pub struct Class {
+    suffix: String,
+    provisioner: String,
+    default: bool,
+    reclaim_policy: String,
+    binding_mode: String,
+}
+
+impl Class {
+    pub fn new(suffix: &str) -> Class {
+        Class {
+            suffix: suffix.into(),
+            provisioner: "kubernetes.io/no-provisioner".into(),
+            default: false,
+            reclaim_policy: "Delete".into(),
+            binding_mode: "Immediate".into(),
+        }
+    }
+
+    /// The same settings under another name.
+    pub fn named(mut self, suffix: &str) -> Class {
+        self.suffix = suffix.into();
+        self
+    }
+
+    /// e.g. `example.com/none`, an external provisioner that never runs: claims wait for it.
+    pub fn provisioner(mut self, provisioner: &str) -> Class {
+        self.provisioner = provisioner.into();
+        self
+    }
+
+    /// The cluster's default class (hold [`crate::default_class_lock`]).
+    pub fn default_class(mut self) -> Class {
+        self.default = true;
+        self
+    }
+
+    pub fn retain(mut self) -> Class {
+        self.reclaim_policy = "Retain".into();
+        self
+    }
+
+    pub fn build(&self, ns: &TestNamespace) -> StorageClass {
+        let mut sc: StorageClass = from_json(json!({
+            "metadata": {"name": ns.scoped(&self.suffix), "labels": ns.owner_labels()},
+            "provisioner": self.provisioner,
+            "reclaimPolicy": self.reclaim_policy,
+            "volumeBindingMode": self.binding_mode,
+        }));
+        if self.default {
+            sc.annotations_mut()
+                .insert(DEFAULT_CLASS_ANNOTATION.into(), "true".into());
+        }
+        sc
+    }
+
+    pub async fn create(&self, ns: &TestNamespace) -> StorageClass {
+        create(&Api::all(ns.client().clone()), &self.build(ns)).await
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// PersistentVolume
+
+/// A statically provisioned hostPath PersistentVolume `<namespace>-<suffix>`: 1Gi,
+/// ReadWriteOnce, reclaim policy `Retain`, no class (`""`).
+#[derive(Clone, Debug)]
+pub struct Volume {
+    suffix: String,
+    class: String,
+    capacity: String,
+    reclaim_policy: String,
+    finalizers: Vec<String>,
+    claim_ref: Option<(String, String)>,
+    annotations: BTreeMap<String, String>,
+}
+
+impl Volume {
+    pub fn host_path(suffix: &str) -> Volume {
+        Volume {
+            suffix: suffix.into(),
+            class: String::new(),
+            capacity: "1Gi".into(),
+            reclaim_policy: "Retain".into(),
+            finalizers: vec![],
+            claim_ref: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    pub fn class(mut self, class: &str) -> Volume {
+        self.class = class.into();
+        self
+    }
+
+    /// `Retain` (the default), `Delete` or `Recycle`.
+    pub fn reclaim(mut self, policy: &str) -> Volume {
+        self.reclaim_policy = policy.into();
+        self
+    }
+
+    /// A finalizer besides the `kubernetes.io/pv-protection` that admission adds.
+    pub fn finalizer(mut self, finalizer: &str) -> Volume {
+        self.finalizers.push(finalizer.into());
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Volume {
+        self.annotations.insert(key.into(), value.into());
+        self
+    }
+
+    /// Pre-bound to claim `claim` of `namespace` (`spec.claimRef` without uid), so that no other
+    /// claim (of another test) can take it.
+    pub fn reserved_for(mut self, namespace: &str, claim: &str) -> Volume {
+        self.claim_ref = Some((namespace.into(), claim.into()));
+        self
+    }
+
+    /// As a CSI provisioner leaves a volume: reclaim `Delete`, the provisioner's annotation and
+    /// finalizer ([`CSI_PROVISIONER`]).
+    pub fn csi(self) -> Volume {
+        self.reclaim("Delete")
+            .finalizer(PROVISIONER_FINALIZER)
+            .annotation(PROVISIONED_BY, CSI_PROVISIONER)
+    }
+
+    pub fn build(&self, ns: &TestNamespace) -> PersistentVolume {
+        let name = ns.scoped(&self.suffix);
+        let path = format!("{HOST_PATH_ROOT}/{name}");
+        assert!(!path.contains("/tmp/"), "unsafe hostPath {path}");
+        from_json(json!({
+            "metadata": {
+                "name": name,
+                "labels": ns.owner_labels(),
+                "annotations": self.annotations,
+                "finalizers": self.finalizers,
+            },
+            "spec": {
+                "capacity": {"storage": self.capacity},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": self.reclaim_policy,
+                "storageClassName": self.class,
+                "hostPath": {"path": path},
+                "claimRef": self.claim_ref.as_ref().map(|(namespace, name)| json!({
+                    "kind": "PersistentVolumeClaim",
+                    "apiVersion": "v1",
+                    "namespace": namespace,
+                    "name": name,
+                })),
+            }
+        }))
+    }
+
+    /// Creates the volume and waits until the PV controller has seen it (phase no longer
+    /// `Pending`), so that a claim created next is matched against it right away.
+    pub async fn create(&self, ns: &TestNamespace) -> PersistentVolume {
+        let api: Api<PersistentVolume> = ns.pvs();
+        let pv = create(&api, &self.build(ns)).await;
+        wait_for(&api, &pv.name_any(), "a phase other than Pending", |pv| {
+            pv.and_then(pv_phase).is_some_and(|p| p != "Pending")
+        })
+        .await
+        .expect("PV exists")
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// PersistentVolumeClaim
+
+/// A claim: 1Gi, ReadWriteOnce, `storageClassName` unset (the DefaultStorageClass admission
+/// plugin fills in the default class if there is one: hold [`crate::default_class_lock`]).
+#[derive(Clone, Debug)]
+pub struct Claim {
+    name: String,
+    class: Option<String>,
+    request: String,
+    volume: Option<String>,
+    labels: BTreeMap<String, String>,
+    finalizers: Vec<String>,
+}
+
+impl Claim {
+    pub fn new(name: &str) -> Claim {
+        Claim {
+            name: name.into(),
+            class: None,
+            request: "1Gi".into(),
+            volume: None,
+            labels: BTreeMap::new(),
+            finalizers: vec![],
+        }
+    }
+
+    /// `storageClassName`; `""` is "no class".
+    pub fn class(mut self, class: &str) -> Claim {
+        self.class = Some(class.into());
+        self
+    }
+
+    pub fn request(mut self, size: &str) -> Claim {
+        self.request = size.into();
+        self
+    }
+
+    /// `spec.volumeName`: bind to this volume.
+    pub fn volume(mut self, pv: &str) -> Claim {
+        self.volume = Some(pv.into());
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Claim {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// A finalizer of another controller (besides the pvc-protection one admission adds).
+    pub fn finalizer(mut self, finalizer: &str) -> Claim {
+        self.finalizers.push(finalizer.into());
+        self
+    }
+
+    pub fn build(&self) -> PersistentVolumeClaim {
+        from_json(json!({
+            "metadata": {"name": self.name, "labels": self.labels, "finalizers": self.finalizers},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": self.request}},
+                "storageClassName": self.class,
+                "volumeName": self.volume,
+            }
+        }))
+    }
+
+    pub async fn create(&self, ns: &TestNamespace) -> PersistentVolumeClaim {
+        create(&ns.claims(), &self.build()).await
+    }
+
+    /// Creates the claim and waits until the PV controller has bound it.
+    pub async fn create_bound(&self, ns: &TestNamespace) -> PersistentVolumeClaim {
+        self.create(ns).await;
+        wait_bound(ns.client(), ns.name(), &self.name).await
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Nodes and pods
+
+/// A Node `<namespace>-<suffix>` (labelled for clean-up). No kubelet backs it.
+pub async fn create_node(ns: &TestNamespace, suffix: &str) -> Node {
+    let node: Node = from_json(json!({
+        "metadata": {"name": ns.scoped(suffix), "labels": ns.owner_labels()},
+    }));
+    create(&Api::all(ns.client().clone()), &node).await
+}
+
+/// A pod that mounts claims, bound to a node (no scheduler involved): by default a node of its
+/// own, `<namespace>-node-<pod>`, created with it. Grace period 30 s.
+#[derive(Clone, Debug)]
+pub struct ClaimUser {
+    name: String,
+    node: Option<String>,
+    claims: Vec<String>,
+    labels: BTreeMap<String, String>,
+    running: bool,
+}
+
+impl ClaimUser {
+    pub fn new(name: &str) -> ClaimUser {
+        ClaimUser {
+            name: name.into(),
+            node: None,
+            claims: vec![],
+            labels: BTreeMap::new(),
+            running: false,
+        }
+    }
+
+    /// Mounts this claim too.
+    pub fn claim(mut self, claim: &str) -> ClaimUser {
+        self.claims.push(claim.into());
+        self
+    }
+
+    /// On this (existing) node instead of a node of its own.
+    pub fn node(mut self, node: &str) -> ClaimUser {
+        self.node = Some(node.into());
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> ClaimUser {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Marked `Running` and `Ready` through the status subresource once created, as a kubelet
+    /// would once its containers started.
+    pub fn running(mut self) -> ClaimUser {
+        self.running = true;
+        self
+    }
+
+    pub fn build(&self, node: &str) -> Pod {
+        let volumes: Vec<_> = self
+            .claims
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": c}}))
+            .collect();
+        let mounts: Vec<_> = (0..self.claims.len())
+            .map(|i| json!({"name": format!("v{i}"), "mountPath": format!("/data/{i}")}))
+            .collect();
+        from_json(json!({
+            "metadata": {"name": self.name, "labels": self.labels},
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{
+                    "name": "main",
+                    "image": "registry.invalid/storageclass-migrate/none:0",
+                    "volumeMounts": mounts,
+                }],
+                "volumes": volumes,
+            }
+        }))
+    }
+
+    pub async fn create(&self, ns: &TestNamespace) -> Pod {
+        let node = match &self.node {
+            Some(node) => node.clone(),
+            None => create_node(ns, &format!("node-{}", self.name))
+                .await
+                .name_any(),
+        };
+        let pod = create(&ns.pods(), &self.build(&node)).await;
+        if self.running {
+            set_running(ns, &self.name).await
+        } else {
+            pod
+        }
+    }
+}
+
+/// The node a pod is bound to.
+pub fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+/// Marks a pod `Running` with its `Ready` conditions true, as a kubelet would.
+pub async fn set_running(ns: &TestNamespace, name: &str) -> Pod {
+    let ready = |type_: &str| json!({"type": type_, "status": "True"});
+    let status = json!({"status": {
+        "phase": "Running",
+        "conditions": [ready("PodScheduled"), ready("Initialized"), ready("ContainersReady"), ready("Ready")],
+    }});
+    ns.pods()
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap_or_else(|e| panic!("marking pod {}/{name} running: {e}", ns.name()))
+}
+
+// ------------------------------------------------------------------------------------------
+// PodDisruptionBudget
+
+/// A PodDisruptionBudget over the pods labelled `key=value`, with `maxUnavailable: 0` unless
+/// given otherwise: no eviction is allowed.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    name: String,
+    selector: (String, String),
+    max_unavailable: i32,
+}
+
+impl Budget {
+    pub fn new(name: &str, key: &str, value: &str) -> Budget {
+        Budget {
+            name: name.into(),
+            selector: (key.into(), value.into()),
+            max_unavailable: 0,
+        }
+    }
+
+    pub fn max_unavailable(mut self, n: i32) -> Budget {
+        self.max_unavailable = n;
+        self
+    }
+
+    pub fn build(&self) -> PodDisruptionBudget {
+        let (key, value) = &self.selector;
+        from_json(json!({
+            "metadata": {"name": self.name},
+            "spec": {
+                "selector": {"matchLabels": {key: value}},
+                "maxUnavailable": self.max_unavailable,
+            }
+        }))
+    }
+
+    pub async fn create(&self, ns: &TestNamespace) -> PodDisruptionBudget {
+        create(
+            &Api::namespaced(ns.client().clone(), ns.name()),
+            &self.build(),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_user_mounts_each_claim() {
+        let pod = ClaimUser::new("web").claim("a").claim("b").build("node-1");
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-1"));
+        let claims: Vec<String> = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .map(|v| v.persistent_volume_claim.unwrap().claim_name)
+            .collect();
+        assert_eq!(claims, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_claim_without_class_leaves_it_unset() {
+        let claim = Claim::new("data").build();
+        assert_eq!(claim.spec.unwrap().storage_class_name, None);
+        let claim = Claim::new("data").class("").volume("pv").build();
+        let spec = claim.spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some(""));
+        assert_eq!(spec.volume_name.as_deref(), Some("pv"));
+    }
+}
