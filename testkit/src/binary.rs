@@ -343,6 +343,26 @@ impl Run {
         self
     }
 
+    /// Asserts the exit status and the result of the one claim, and returns its outcome.
+    pub fn expect_result(&self, code: i32, result: &str) -> Outcome {
+        let outcome = self.expect_status(code).outcome();
+        assert_eq!(outcome.result, result, "result\n{self}");
+        outcome
+    }
+
+    /// Asserts the exit status, the result and that the error names every fragment; returns
+    /// the outcome.
+    pub fn expect_error(&self, code: i32, result: &str, fragments: &[&str]) -> Outcome {
+        let outcome = self.expect_result(code, result);
+        for fragment in fragments {
+            assert!(
+                outcome.error().contains(fragment),
+                "the error lacks {fragment:?}\n{self}"
+            );
+        }
+        outcome
+    }
+
     /// Asserts that the run ended by itself within `limit`.
     pub fn within(&self, limit: Duration) -> &Run {
         assert!(

@@ -30,7 +30,11 @@ use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde_json::json;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{background::Background, rbac::write_token_kubeconfig};
+use crate::{
+    background::Background,
+    control_plane::{apiserver_url, ca_path},
+    rbac::write_token_kubeconfig,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -285,6 +289,8 @@ struct State {
 pub struct FaultProxy {
     url: String,
     state: Arc<State>,
+    /// A kubeconfig that reaches the apiserver through the proxy ([`FaultProxy::to_apiserver`]).
+    kubeconfig: Option<(tempfile::TempDir, PathBuf)>,
     _task: Background,
 }
 
@@ -318,8 +324,28 @@ impl FaultProxy {
         FaultProxy {
             url,
             state,
+            kubeconfig: None,
             _task: task,
         }
+    }
+
+    /// A proxy to the control plane's apiserver, with a kubeconfig ([`FaultProxy::kubeconfig`])
+    /// that reaches it through the proxy with `token`, in `namespace`.
+    pub fn to_apiserver(token: &str, namespace: &str) -> FaultProxy {
+        let mut proxy = FaultProxy::start(apiserver_url(), ca_path());
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = proxy.write_kubeconfig(&dir.path().join("kubeconfig"), token, namespace);
+        proxy.kubeconfig = Some((dir, path));
+        proxy
+    }
+
+    /// The kubeconfig of [`FaultProxy::to_apiserver`].
+    pub fn kubeconfig(&self) -> &Path {
+        &self
+            .kubeconfig
+            .as_ref()
+            .expect("a proxy made by FaultProxy::to_apiserver")
+            .1
     }
 
     /// Adds a rule; rules are tried in the order added and the first that applies wins.

@@ -15,6 +15,7 @@
 //! | [`fault_proxy`] | an HTTP proxy to the apiserver that injects faults |
 //! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |
 //! | [`helm`] | helm and the charts, prepared once per test process |
+//! | [`rows`] | table-driven tests: every row at once, each checked on its own |
 //! | [`background`] | the stoppable background thread under the kubelet, runner and proxy |
 //!
 //! # Adding a scenario
@@ -57,6 +58,7 @@ pub mod namespace;
 pub mod objects;
 pub mod outcome;
 pub mod rbac;
+pub mod rows;
 
 pub use api::*;
 pub use binary::{Binary, Job, RUN_TIMEOUT, Run, binary_path};
