@@ -15,554 +15,24 @@
 //!     scripts/control-plane.sh stop /tmp/cp-e2e
 //!
 //! helm comes from scripts/build-helm.sh; the charts are copied to target/tmp/e2e-<pid>/ and the
-//! app's dependency is built there, so the work tree is not touched.
+//! app's dependency is built there, so the work tree is not touched (`testkit::helm`). Each
+//! hook pod prints its outcome as JSON (`SUMMARY_FORMAT=json` through the chart's `extraEnv`);
+//! the termination message keeps the human lines, which two tests pin.
 //! `STORAGECLASS_MIGRATE_HOOK_RUNNER=binary` runs the host binary instead of the image.
 
-mod common;
-mod hook_runner;
+use std::{sync::Arc, time::Duration};
 
-use std::{
-    fs,
-    io::Write,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::{Arc, OnceLock},
-    thread,
-    time::{Duration, Instant},
-};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use testkit::helm::HelmOut;
+use testkit::hook_runner::{How, Rendezvous, RunnerOpts};
+use testkit::prelude::*;
+use testkit::release::{CLAIM, Hook, JOB, RELEASE, Release, skip_without_script};
 
-use common::*;
-use hook_runner::{HookRun, HookRunner, How, Rendezvous, RunnerOpts};
-use k8s_openapi::api::{
-    batch::v1::Job,
-    core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
-};
-use kube::{
-    Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
-};
-use serde_json::{Value, json};
-
-/// The kubectl hook script to run side by side, e.g. the reference kubectl-hook.sh.
-const SCRIPT_ENV: &str = "STORAGECLASS_MIGRATE_SCRIPT";
-/// Helm's `--timeout` (hooks and `--wait`).
-const HELM_TIMEOUT: &str = "90s";
-/// A helm call still running after this is killed and fails the test.
-const HELM_KILL: Duration = Duration::from_secs(150);
-/// The image the hook pod runs, as scripts/build-image.sh names it.
-const IMAGE_REPOSITORY: &str = "localhost/storageclass-migrate";
-/// The image standing for the script's kubectl image; its command runs on the host.
-const KUBECTL_IMAGE: &str = "bitnami/kubectl";
-/// The release name of every test: the claim is `rel-data`, the hook Job
-/// `rel-data-storageclass-migrate`.
-const RELEASE: &str = "rel";
-const CLAIM: &str = "rel-data";
-const JOB: &str = "rel-data-storageclass-migrate";
-const PROVISIONER_FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
-
-// ------------------------------------------------------------------------------------------
-// Helm and the charts
-
-/// helm and the charts, prepared once per test process under target/tmp.
-struct Charts {
-    helm: PathBuf,
-    /// HELM_CONFIG_HOME, HELM_CACHE_HOME and HELM_DATA_HOME live here.
-    home: PathBuf,
-    /// A copy of examples/app with its dependency built.
-    app: PathBuf,
-    /// The same chart with the kubectl script as its hook, if [`SCRIPT_ENV`] names a script.
-    script_app: Option<PathBuf>,
-}
-
-fn charts() -> &'static Charts {
-    static CHARTS: OnceLock<Charts> = OnceLock::new();
-    CHARTS.get_or_init(|| prepare_charts().unwrap_or_else(|e| panic!("preparing the charts: {e}")))
-}
-
-fn script_path() -> Option<PathBuf> {
-    std::env::var_os(SCRIPT_ENV)
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-}
-
-fn prepare_charts() -> Result<Charts, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    // Directories of earlier test processes that are gone.
-    for entry in fs::read_dir(tmp).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("e2e-")
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
-    let base = tmp.join(format!("e2e-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&base);
-
-    let out = Command::new(root.join("scripts/build-helm.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("scripts/build-helm.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/build-helm.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let helm = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
-
-    // The library chart and the app side by side, as in the repository (the app's dependency is
-    // file://../../chart-snippet); the app's charts/ is rebuilt from the library.
-    copy_dir(&root.join("chart-snippet"), &base.join("chart-snippet"))?;
-    let app = base.join("examples/app");
-    copy_dir(&root.join("examples/app"), &app)?;
-    let _ = fs::remove_dir_all(app.join("charts"));
-    let charts = Charts {
-        helm,
-        home: base.join("helm"),
-        app: app.clone(),
-        script_app: None,
-    };
-    let out = charts.run_blocking(&["dependency", "build", &app.display().to_string()]);
-    if !out.ok() {
-        return Err(format!("helm dependency build: {out}"));
-    }
-
-    let script_app = match script_path() {
-        None => None,
-        Some(script) => {
-            let text = fs::read_to_string(&script)
-                .map_err(|e| format!("{SCRIPT_ENV}={}: {e}", script.display()))?;
-            let variant = base.join("script/examples/app");
-            copy_dir(&app, &variant)?;
-            fs::write(
-                variant.join("templates/storageclass-migrate.yaml"),
-                include_str!("e2e/script-hook.yaml"),
-            )
-            .map_err(|e| e.to_string())?;
-            fs::create_dir_all(variant.join("files")).map_err(|e| e.to_string())?;
-            fs::write(variant.join("files/kubectl-hook.sh"), text).map_err(|e| e.to_string())?;
-            Some(variant)
-        }
-    };
-    Ok(Charts {
-        script_app,
-        ..charts
-    })
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
-    fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    for entry in fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let target = to.join(entry.file_name());
-        if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            fs::copy(entry.path(), &target).map_err(|e| format!("{}: {e}", target.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// A finished helm command.
-struct HelmOut {
-    args: Vec<String>,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl HelmOut {
-    fn ok(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-impl std::fmt::Display for HelmOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "helm {} -> exit {:?} after {:.1?}\n--- stdout:\n{}--- stderr:\n{}",
-            self.args.join(" "),
-            self.code,
-            self.elapsed,
-            self.stdout,
-            self.stderr
-        )
-    }
-}
-
-impl Charts {
-    /// Runs helm against the control plane (admin kubeconfig); blocks.
-    fn run_blocking(&self, args: &[&str]) -> HelmOut {
-        let started = Instant::now();
-        let mut cmd = Command::new(&self.helm);
-        cmd.args(args)
-            .arg("--kubeconfig")
-            .arg(kubeconfig_path())
-            .env("HELM_CONFIG_HOME", self.home.join("config"))
-            .env("HELM_CACHE_HOME", self.home.join("cache"))
-            .env("HELM_DATA_HOME", self.home.join("data"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", self.helm.display()));
-        let pid = child.id();
-        // Kill a helm that hangs (its own --timeout should end it first).
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let watchdog = thread::spawn(move || {
-            if done_rx.recv_timeout(HELM_KILL).is_err() {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        });
-        let out = child.wait_with_output().expect("waiting for helm");
-        let _ = done_tx.send(());
-        let _ = watchdog.join();
-        HelmOut {
-            args: args.iter().map(|a| a.to_string()).collect(),
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            elapsed: started.elapsed(),
-        }
-    }
-
-    async fn run(&'static self, args: Vec<String>) -> HelmOut {
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            self.run_blocking(&args)
-        })
-        .await
-        .expect("helm thread")
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Scenarios
-
-/// Which hook the chart runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Hook {
-    /// examples/app as it is: the storageclass-migrate image.
-    Binary,
-    /// examples/app with the kubectl script as its hook (tests/e2e/script-hook.yaml).
-    Script,
-}
-
-/// Prints, past the harness's capture, that a script test is skipped; true if it is.
-fn skip_without_script(test: &str) -> bool {
-    if script_path().is_some() {
-        return false;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "{test}: skipped: set {SCRIPT_ENV}=/path/to/kubectl-hook.sh to run the kubectl script side \
-         by side"
-    );
-    true
-}
-
-/// One release of examples/app in a namespace of its own, with a hook runner for it and classes
-/// A and B (no provisioner, Immediate binding, unless given).
-struct Scenario {
-    client: Client,
-    hook: Hook,
-    /// Stopped before the namespace goes.
-    runner: HookRunner,
-    ns: TestNamespace,
-    a: String,
-    b: String,
-}
-
-impl Scenario {
-    async fn new(prefix: &str, hook: Hook) -> Scenario {
-        Self::with_opts(prefix, hook, &ClassOpts::default(), RunnerOpts::default()).await
-    }
-
-    async fn with_opts(
-        prefix: &str,
-        hook: Hook,
-        class_a: &ClassOpts,
-        mut runner: RunnerOpts,
-    ) -> Scenario {
-        let client = client().await;
-        let ns = TestNamespace::new(prefix).await;
-        let a = create_storage_class(&client, &ns, "a", class_a).await;
-        let b = create_storage_class(&client, &ns, "b", &ClassOpts::default()).await;
-        if hook == Hook::Script {
-            let kubectl = ControlPlane::get()
-                .kubectl
-                .clone()
-                .expect("the control plane's env names KUBECTL");
-            let dir = kubectl.parent().expect("kubectl's directory").to_path_buf();
-            runner.host_images.push((KUBECTL_IMAGE.into(), dir));
-        }
-        Scenario {
-            runner: HookRunner::start(ns.name(), runner),
-            client,
-            hook,
-            ns,
-            a: a.name_any(),
-            b: b.name_any(),
-        }
-    }
-
-    fn name(&self) -> &str {
-        self.ns.name()
-    }
-
-    fn claims(&self) -> Api<PersistentVolumeClaim> {
-        Api::namespaced(self.client.clone(), self.name())
-    }
-
-    fn pvs(&self) -> Api<PersistentVolume> {
-        Api::all(self.client.clone())
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), self.name())
-    }
-
-    fn chart(&self) -> PathBuf {
-        match self.hook {
-            Hook::Binary => charts().app.clone(),
-            Hook::Script => charts()
-                .script_app
-                .clone()
-                .expect("the script chart (STORAGECLASS_MIGRATE_SCRIPT)"),
-        }
-    }
-
-    /// A hostPath volume `<ns>-<suffix>` of `class` for the binder to match.
-    async fn volume(&self, suffix: &str, class: &str, opts: PvOpts) -> PersistentVolume {
-        let opts = PvOpts {
-            class: Some(class.into()),
-            ..opts
-        };
-        create_pv(&self.client, &self.ns, suffix, &opts).await
-    }
-
-    /// `helm install` (`verb` "install") or `helm upgrade --reuse-values` of the release, with
-    /// `--set` of each pair; `--wait` if `wait`.
-    async fn helm(&self, verb: &str, sets: &[(&str, &str)], wait: bool) -> HelmOut {
-        let mut args: Vec<String> = vec![
-            verb.into(),
-            RELEASE.into(),
-            self.chart().display().to_string(),
-            "--namespace".into(),
-            self.name().into(),
-            "--timeout".into(),
-            HELM_TIMEOUT.into(),
-        ];
-        if verb == "upgrade" {
-            args.push("--reuse-values".into());
-        } else {
-            for (k, v) in [
-                ("storageclassMigrate.image.repository", IMAGE_REPOSITORY),
-                ("storageclassMigrate.image.tag", env!("CARGO_PKG_VERSION")),
-            ] {
-                args.push("--set".into());
-                args.push(format!("{k}={v}"));
-            }
-        }
-        if wait {
-            args.push("--wait".into());
-        }
-        for (k, v) in sets {
-            args.push("--set".into());
-            args.push(format!("{k}={v}"));
-        }
-        charts().run(args).await
-    }
-
-    /// Installs the release with its claim on `class` (`None`: class left unset) and waits
-    /// until the claim is bound.
-    async fn install(&self, class: Option<&str>) -> PersistentVolumeClaim {
-        let sets: Vec<(&str, &str)> = class
-            .map(|c| vec![("persistence.storageClass", c)])
-            .unwrap_or_default();
-        let out = self.helm("install", &sets, true).await;
-        self.expect_ok(&out);
-        wait_bound(&self.client, self.name(), CLAIM).await
-    }
-
-    fn expect_ok(&self, out: &HelmOut) {
-        assert!(out.ok(), "{out}\n{}", self.runner.report());
-    }
-
-    fn expect_failed(&self, out: &HelmOut) {
-        assert!(
-            !out.ok(),
-            "expected helm to fail\n{out}\n{}",
-            self.runner.report()
-        );
-    }
-
-    /// The runs of the hook so far; the last one must have ended with `code`.
-    fn last_run(&self, code: i32) -> HookRun {
-        let runs = self.runner.runs();
-        let last = runs
-            .last()
-            .cloned()
-            .unwrap_or_else(|| panic!("no hook pod ran\n{}", self.runner.report()));
-        assert_eq!(last.exit_code, code, "{}", self.runner.report());
-        if let How::Image { image, .. } = &last.how {
-            hook_runner::say_once(&format!(
-                "e2e: hook pods of storageclass-migrate run in image {image} (buildah, chroot \
-                 isolation)"
-            ));
-        }
-        last
-    }
-
-    async fn claim(&self) -> Option<PersistentVolumeClaim> {
-        self.claims()
-            .get_opt(CLAIM)
-            .await
-            .expect("reading the claim")
-    }
-
-    async fn pv(&self, name: &str) -> Option<PersistentVolume> {
-        self.pvs().get_opt(name).await.expect("reading a volume")
-    }
-
-    /// The release's status as `helm status` reports it (`deployed`, `failed`, ...).
-    async fn release_status(&self) -> String {
-        let out = charts()
-            .run(vec![
-                "status".into(),
-                RELEASE.into(),
-                "--namespace".into(),
-                self.name().into(),
-                "--output".into(),
-                "json".into(),
-            ])
-            .await;
-        assert!(out.ok(), "{out}");
-        let v: Value = serde_json::from_str(&out.stdout).expect("helm status JSON");
-        v["info"]["status"].as_str().unwrap_or_default().to_string()
-    }
-
-    /// `state.terminated` of the newest hook pod, read back from the API.
-    async fn hook_pod_terminated(&self) -> Value {
-        let lp = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={JOB}"));
-        let mut pods = self.pods().list(&lp).await.expect("listing pods").items;
-        pods.sort_by_key(|p| p.metadata.creation_timestamp.clone());
-        let pod = pods
-            .last()
-            .unwrap_or_else(|| panic!("no pod of job {JOB}\n{}", self.runner.report()));
-        let status = serde_json::to_value(pod.status.clone()).unwrap();
-        status["containerStatuses"][0]["state"]["terminated"].clone()
-    }
-
-    /// After a hook that succeeded: Helm deleted the Job and the RBAC objects
-    /// (`hook-succeeded`).
-    async fn expect_hook_objects_gone(&self) {
-        let jobs: Api<Job> = Api::namespaced(self.client.clone(), self.name());
-        wait_deleted(&jobs, JOB).await;
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), self.name());
-        let left: Vec<String> = sas
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .map(|s| s.name_any())
-            .filter(|n| n != "default")
-            .collect();
-        assert!(left.is_empty(), "service accounts left: {left:?}");
-        let prefix = format!("storageclass-migrate:{}:", self.name());
-        let roles: Api<ClusterRole> = Api::all(self.client.clone());
-        let left: Vec<String> = roles
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .map(|r| r.name_any())
-            .filter(|n| n.starts_with(&prefix))
-            .collect();
-        assert!(left.is_empty(), "cluster roles left: {left:?}");
-    }
-}
-
-impl Drop for Scenario {
-    /// The chart's cluster-scoped hook objects are left behind when a hook fails; they carry the
-    /// namespace in their names. Pods on a node are deleted at once: no kubelet would confirm
-    /// their graceful deletion, and the namespace would never go.
-    fn drop(&mut self) {
-        if std::env::var_os("STORAGECLASS_MIGRATE_KEEP_NAMESPACES").is_some_and(|v| v != "0") {
-            return;
-        }
-        let prefix = format!("storageclass-migrate:{}:", self.name());
-        let ns = self.name().to_string();
-        let cleanup = thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let client = client().await;
-                let dp = DeleteParams::background();
-                let lp = ListParams::default();
-                let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                let now = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..DeleteParams::background()
-                };
-                for p in pods.list(&lp).await.map(|l| l.items).unwrap_or_default() {
-                    let _ = pods.delete(&p.name_any(), &now).await;
-                }
-                let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
-                for b in crbs.list(&lp).await.map(|l| l.items).unwrap_or_default() {
-                    if b.name_any().starts_with(&prefix) {
-                        let _ = crbs.delete(&b.name_any(), &dp).await;
-                    }
-                }
-                let crs: Api<ClusterRole> = Api::all(client);
-                for r in crs.list(&lp).await.map(|l| l.items).unwrap_or_default() {
-                    if r.name_any().starts_with(&prefix) {
-                        let _ = crs.delete(&r.name_any(), &dp).await;
-                    }
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-fn class_of(claim: &PersistentVolumeClaim) -> Option<&str> {
-    claim.spec.as_ref()?.storage_class_name.as_deref()
-}
-
-fn volume_of(claim: &PersistentVolumeClaim) -> Option<&str> {
-    claim.spec.as_ref()?.volume_name.as_deref()
-}
-
-fn phase_of(pv: &PersistentVolume) -> Option<&str> {
-    pv.status.as_ref()?.phase.as_deref()
-}
-
-fn retain() -> PvOpts {
-    PvOpts {
-        reclaim_policy: "Retain".into(),
-        ..PvOpts::default()
-    }
+/// A Retain volume `<ns>-<suffix>` on `class`.
+fn retained(suffix: &str, class: &str) -> Volume {
+    Volume::host_path(suffix).class(class)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -570,12 +40,12 @@ fn retain() -> PvOpts {
 
 #[tokio::test]
 async fn install_runs_the_hook_and_the_claim_binds_on_class_a() {
-    let s = Scenario::new("e2e-install", Hook::Binary).await;
-    let pv = s.volume("pv-a", &s.a, retain()).await;
+    let s = Release::new("e2e-install", Hook::Binary).await;
+    let pv = retained("pv-a", &s.a).create(&s).await;
     let claim = s.install(Some(&s.a)).await;
 
-    assert_eq!(class_of(&claim), Some(s.a.as_str()));
-    assert_eq!(volume_of(&claim), Some(pv.name_any().as_str()));
+    assert_eq!(claim_class(&claim), Some(s.a.as_str()));
+    assert_eq!(volume_name(&claim), Some(pv.name_any().as_str()));
     let run = s.last_run(0);
     assert_eq!(s.runner.runs().len(), 1, "{}", s.runner.report());
     assert_eq!(
@@ -619,24 +89,24 @@ async fn class_change(
     prefix: &str,
     hook: Hook,
 ) -> (
-    Scenario,
+    Release,
     PersistentVolumeClaim,
     PersistentVolumeClaim,
     PersistentVolume,
 ) {
-    let s = Scenario::new(prefix, hook).await;
-    let pv_a = s.volume("pv-a", &s.a, retain()).await;
-    let pv_b = s.volume("pv-b", &s.b, retain()).await;
+    let s = Release::new(prefix, hook).await;
+    let pv_a = retained("pv-a", &s.a).create(&s).await;
+    let pv_b = retained("pv-b", &s.b).create(&s).await;
     let before = s.install(Some(&s.a)).await;
 
     let out = s
         .helm("upgrade", &[("persistence.storageClass", &s.b)], true)
         .await;
     s.expect_ok(&out);
-    let after = wait_bound(&s.client, s.name(), CLAIM).await;
+    let after = wait_bound(s.client(), s.name(), CLAIM).await;
     assert_ne!(after.uid(), before.uid(), "the claim was replaced");
-    assert_eq!(class_of(&after), Some(s.b.as_str()));
-    assert_eq!(volume_of(&after), Some(pv_b.name_any().as_str()));
+    assert_eq!(claim_class(&after), Some(s.b.as_str()));
+    assert_eq!(volume_name(&after), Some(pv_b.name_any().as_str()));
     assert_eq!(s.release_status().await, "deployed");
     (s, before, after, pv_a)
 }
@@ -660,7 +130,7 @@ async fn upgrade_to_class_b_replaces_the_claim_and_keeps_a_retain_volume() {
     );
     let kept = s.pv(&pv).await.expect("the Retain volume is kept");
     assert_eq!(kept.uid(), pv_a.uid());
-    assert_eq!(phase_of(&kept), Some("Released"));
+    assert_eq!(pv_phase(&kept), Some("Released"));
     s.expect_hook_objects_gone().await;
 }
 
@@ -692,9 +162,9 @@ async fn script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone()
     {
         return;
     }
-    let s = Scenario::new("e2e-script-rbac", Hook::Script).await;
-    let pv_a = s.volume("pv-a", &s.a, retain()).await;
-    s.volume("pv-b", &s.b, retain()).await;
+    let s = Release::new("e2e-script-rbac", Hook::Script).await;
+    let pv_a = retained("pv-a", &s.a).create(&s).await;
+    retained("pv-b", &s.b).create(&s).await;
     let out = s
         .helm(
             "install",
@@ -719,22 +189,22 @@ async fn script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone()
     );
     assert!(s.claim().await.is_none(), "the claim was deleted");
     let left = s.pv(&pv_a.name_any()).await.expect("the volume is left");
-    assert_eq!(phase_of(&left), Some("Released"));
+    assert_eq!(pv_phase(&left), Some("Released"));
     assert_eq!(s.release_status().await, "failed");
 }
 
 // ------------------------------------------------------------------------------------------
 // (3) upgrade without a change; row "no change"
 
-async fn no_change(prefix: &str, hook: Hook) -> Scenario {
-    let s = Scenario::new(prefix, hook).await;
-    let pv = s.volume("pv-a", &s.a, retain()).await;
+async fn no_change(prefix: &str, hook: Hook) -> Release {
+    let s = Release::new(prefix, hook).await;
+    let pv = retained("pv-a", &s.a).create(&s).await;
     let before = s.install(Some(&s.a)).await;
     let out = s.helm("upgrade", &[], true).await;
     s.expect_ok(&out);
     let after = s.claim().await.expect("the claim is there");
     assert_eq!(after.uid(), before.uid(), "the claim was kept");
-    assert_eq!(volume_of(&after), Some(pv.name_any().as_str()));
+    assert_eq!(volume_name(&after), Some(pv.name_any().as_str()));
     assert_eq!(s.runner.runs().len(), 2, "{}", s.runner.report());
     s
 }
@@ -743,14 +213,10 @@ async fn no_change(prefix: &str, hook: Hook) -> Scenario {
 async fn upgrade_without_a_change_keeps_the_claim() {
     let s = no_change("e2e-same", Hook::Binary).await;
     let run = s.last_run(0);
-    assert_eq!(
-        run.termination_message,
-        format!(
-            "{}/{CLAIM}: nothing to do: already on the desired class",
-            s.name()
-        ),
-        "{run}"
-    );
+    let o = run.outcome();
+    assert_eq!(o.shape(), "nothing-to-do", "{run}");
+    assert_eq!(o.detail.as_deref(), Some("already on the desired class"));
+    assert_eq!(run.termination_message, o.line(), "{run}");
 }
 
 #[tokio::test]
@@ -768,9 +234,9 @@ async fn script_upgrade_without_a_change_keeps_the_claim() {
 
 #[tokio::test]
 async fn without_the_hook_a_class_change_fails_on_the_immutable_claim() {
-    let s = Scenario::new("e2e-toggle", Hook::Binary).await;
-    s.volume("pv-a", &s.a, retain()).await;
-    let pv_b = s.volume("pv-b", &s.b, retain()).await;
+    let s = Release::new("e2e-toggle", Hook::Binary).await;
+    retained("pv-a", &s.a).create(&s).await;
+    let pv_b = retained("pv-b", &s.b).create(&s).await;
     let before = s.install(Some(&s.a)).await;
 
     let out = s
@@ -796,7 +262,7 @@ async fn without_the_hook_a_class_change_fails_on_the_immutable_claim() {
     );
     let kept = s.claim().await.expect("the claim is there");
     assert_eq!(kept.uid(), before.uid());
-    assert_eq!(class_of(&kept), Some(s.a.as_str()));
+    assert_eq!(claim_class(&kept), Some(s.a.as_str()));
     assert_eq!(s.release_status().await, "failed");
 
     // The hook is what makes it work: the same upgrade with it on. (--reuse-values takes the
@@ -812,9 +278,9 @@ async fn without_the_hook_a_class_change_fails_on_the_immutable_claim() {
         )
         .await;
     s.expect_ok(&out);
-    let after = wait_bound(&s.client, s.name(), CLAIM).await;
-    assert_eq!(class_of(&after), Some(s.b.as_str()));
-    assert_eq!(volume_of(&after), Some(pv_b.name_any().as_str()));
+    let after = wait_bound(s.client(), s.name(), CLAIM).await;
+    assert_eq!(claim_class(&after), Some(s.b.as_str()));
+    assert_eq!(volume_name(&after), Some(pv_b.name_any().as_str()));
     s.last_run(0);
 }
 
@@ -823,27 +289,21 @@ async fn without_the_hook_a_class_change_fails_on_the_immutable_claim() {
 
 /// Installs with the class unset while class D is the default: the claim gets D. Then upgrades
 /// without a change. Hold [`default_class_lock`] meanwhile.
-async fn unset_class(prefix: &str, hook: Hook) -> (Scenario, PersistentVolumeClaim, String) {
-    let s = Scenario::new(prefix, hook).await;
-    let d = create_storage_class(
-        &s.client,
-        &s.ns,
-        "default",
-        &ClassOpts {
-            default: true,
-            ..ClassOpts::default()
-        },
-    )
-    .await
-    .name_any();
-    let pv = s.volume("pv-d", &d, retain()).await;
+async fn unset_class(prefix: &str, hook: Hook) -> (Release, PersistentVolumeClaim, String) {
+    let s = Release::new(prefix, hook).await;
+    let d = Class::new("default")
+        .default_class()
+        .create(&s)
+        .await
+        .name_any();
+    let pv = retained("pv-d", &d).create(&s).await;
     let before = s.install(None).await;
     assert_eq!(
-        class_of(&before),
+        claim_class(&before),
         Some(d.as_str()),
         "defaulted by admission"
     );
-    assert_eq!(volume_of(&before), Some(pv.name_any().as_str()));
+    assert_eq!(volume_name(&before), Some(pv.name_any().as_str()));
 
     let out = s.helm("upgrade", &[], false).await;
     s.expect_ok(&out);
@@ -855,15 +315,11 @@ async fn unset_class_equal_to_the_default_deletes_nothing() {
     let _default = default_class_lock();
     let (s, before, pv) = unset_class("e2e-unset", Hook::Binary).await;
     let run = s.last_run(0);
-    assert!(
-        run.termination_message
-            .starts_with(&format!("{}/{CLAIM}: nothing to do", s.name())),
-        "{run}"
-    );
+    assert_eq!(run.outcome().result, "nothing-to-do", "{run}");
     let after = s.claim().await.expect("the claim is there");
     assert_eq!(after.uid(), before.uid());
     assert_eq!(
-        phase_of(&s.pv(&pv).await.expect("the volume is there")),
+        pv_phase(&s.pv(&pv).await.expect("the volume is there")),
         Some("Bound")
     );
 }
@@ -893,14 +349,14 @@ async fn missing_class(
     prefix: &str,
     hook: Hook,
 ) -> (
-    Scenario,
+    Release,
     PersistentVolumeClaim,
     PersistentVolume,
     String,
     HelmOut,
 ) {
-    let s = Scenario::new(prefix, hook).await;
-    let pv = s.volume("pv-a", &s.a, retain()).await;
+    let s = Release::new(prefix, hook).await;
+    let pv = retained("pv-a", &s.a).create(&s).await;
     let before = s.install(Some(&s.a)).await;
     let missing = s.ns.scoped("missing");
     let out = s
@@ -925,7 +381,7 @@ async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume() {
             && message.contains("the old claim is kept"),
         "{terminated}\n{run}"
     );
-    let job: Job = get(&Api::namespaced(s.client.clone(), s.name()), JOB).await;
+    let job: Job = get(&Api::namespaced(s.client().clone(), s.name()), JOB).await;
     let failed = job
         .status
         .and_then(|st| st.conditions)
@@ -937,9 +393,9 @@ async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume() {
     // Nothing changed.
     let kept = s.claim().await.expect("the claim is there");
     assert_eq!(kept.uid(), before.uid());
-    assert_eq!(class_of(&kept), Some(s.a.as_str()));
+    assert_eq!(claim_class(&kept), Some(s.a.as_str()));
     let pv_now = s.pv(&pv.name_any()).await.expect("the volume is there");
-    assert_eq!(phase_of(&pv_now), Some("Bound"));
+    assert_eq!(pv_phase(&pv_now), Some("Bound"));
     assert_eq!(s.release_status().await, "failed");
 }
 
@@ -957,7 +413,7 @@ async fn script_missing_target_class_deletes_claim_and_volume() {
     );
     let after = s.claim().await.expect("helm created the claim again");
     assert_ne!(after.uid(), before.uid());
-    assert_eq!(class_of(&after), Some(missing.as_str()));
+    assert_eq!(claim_class(&after), Some(missing.as_str()));
     // A claim on a class that does not exist never binds.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = s.claim().await.expect("the claim is there");
@@ -976,19 +432,17 @@ async fn in_use(
     prefix: &str,
     hook: Hook,
 ) -> (
-    Scenario,
+    Release,
     PersistentVolumeClaim,
     PersistentVolume,
     KubeletStandIn,
 ) {
-    let s = Scenario::new(prefix, hook).await;
-    let pv = s.volume("pv-a", &s.a, retain()).await;
-    s.volume("pv-b", &s.b, retain()).await;
+    let s = Release::new(prefix, hook).await;
+    let pv = retained("pv-a", &s.a).create(&s).await;
+    retained("pv-b", &s.b).create(&s).await;
     let before = s.install(Some(&s.a)).await;
-    let node = create_node(&s.client, &s.ns, "node").await;
-    create_pod(&s.client, s.name(), "app", &node.name_any(), &[CLAIM]).await;
-    set_pod_phase(&s.client, s.name(), "app", "Running").await;
-    let kubelet = kubelet_stand_in(s.name());
+    s.running_pod("app", CLAIM).await;
+    let kubelet = KubeletStandIn::start(s.name());
     (s, before, pv, kubelet)
 }
 
@@ -1012,10 +466,10 @@ async fn in_use_evict_evicts_the_pod_then_replaces_the_claim() {
     let run = s.last_run(0);
     assert_eq!(app_pods_deleted(&kubelet), ["app"], "{run}");
     assert!(s.pods().get_opt("app").await.unwrap().is_none());
-    assert!(run.termination_message.contains("evicted"), "{run}");
-    let after = wait_bound(&s.client, s.name(), CLAIM).await;
+    assert_eq!(run.outcome().done_names("pod-evicted"), ["app"], "{run}");
+    let after = wait_bound(s.client(), s.name(), CLAIM).await;
     assert_ne!(after.uid(), before.uid());
-    assert_eq!(class_of(&after), Some(s.b.as_str()));
+    assert_eq!(claim_class(&after), Some(s.b.as_str()));
 }
 
 #[tokio::test]
@@ -1051,7 +505,7 @@ async fn in_use_fail_refuses_and_the_upgrade_fails() {
     let kept = s.claim().await.expect("the claim is there");
     assert_eq!(kept.uid(), before.uid());
     assert_eq!(
-        phase_of(&s.pv(&pv.name_any()).await.expect("the volume")),
+        pv_phase(&s.pv(&pv.name_any()).await.expect("the volume")),
         Some("Bound")
     );
 }
@@ -1091,7 +545,7 @@ async fn script_in_use_fails_after_60s_leaving_the_claim_terminating() {
     assert_eq!(claim.uid(), before.uid());
     assert!(claim.metadata.deletion_timestamp.is_some(), "terminating");
     assert_eq!(
-        phase_of(&s.pv(&pv.name_any()).await.expect("the volume")),
+        pv_phase(&s.pv(&pv.name_any()).await.expect("the volume")),
         Some("Bound")
     );
     assert_eq!(s.release_status().await, "failed");
@@ -1106,17 +560,11 @@ async fn two_releases_in_two_namespaces_at_once_keep_apart() {
         rendezvous: Some(Arc::new(Rendezvous::new(2))),
         ..RunnerOpts::default()
     };
-    let one = Scenario::with_opts(
-        "e2e-two-1",
-        Hook::Binary,
-        &ClassOpts::default(),
-        opts.clone(),
-    )
-    .await;
-    let two = Scenario::with_opts("e2e-two-2", Hook::Binary, &ClassOpts::default(), opts).await;
+    let one = Release::with_opts("e2e-two-1", Hook::Binary, Class::new("a"), opts.clone()).await;
+    let two = Release::with_opts("e2e-two-2", Hook::Binary, Class::new("a"), opts).await;
     for s in [&one, &two] {
-        s.volume("pv-a", &s.a, retain()).await;
-        s.volume("pv-b", &s.b, retain()).await;
+        retained("pv-a", &s.a).create(s).await;
+        retained("pv-b", &s.b).create(s).await;
     }
     // Both installs, then both upgrades, at the same time: each pair of hook pods runs only
     // once both exist (the runners share a rendezvous).
@@ -1142,15 +590,15 @@ async fn two_releases_in_two_namespaces_at_once_keep_apart() {
     two.expect_ok(&y);
     for s in [&one, &two] {
         let run = s.last_run(0);
-        assert!(run.termination_message.contains("migrated"), "{run}");
+        assert_eq!(run.outcome().result, "migrated", "{run}");
         assert!(
             run.notes
                 .iter()
                 .any(|n| n.starts_with("ran together with the other")),
             "{run}"
         );
-        let claim = wait_bound(&s.client, s.name(), CLAIM).await;
-        assert_eq!(class_of(&claim), Some(s.b.as_str()));
+        let claim = wait_bound(s.client(), s.name(), CLAIM).await;
+        assert_eq!(claim_class(&claim), Some(s.b.as_str()));
         // Each hook was bound only to its own namespace's objects.
         assert_eq!(
             run.bindings,
@@ -1177,29 +625,11 @@ async fn provisioner_finalizer(
     prefix: &str,
     hook: Hook,
     wait: bool,
-) -> (Scenario, PersistentVolume, HelmOut) {
-    let class_a = ClassOpts {
-        provisioner: "example.com/csi".into(),
-        ..ClassOpts::default()
-    };
-    let s = Scenario::with_opts(prefix, hook, &class_a, RunnerOpts::default()).await;
-    let pv = s
-        .volume(
-            "pv-a",
-            &s.a,
-            PvOpts {
-                reclaim_policy: "Delete".into(),
-                extra_finalizers: vec![PROVISIONER_FINALIZER.into()],
-                annotations: [(
-                    "pv.kubernetes.io/provisioned-by".to_string(),
-                    "example.com/csi".to_string(),
-                )]
-                .into(),
-                ..PvOpts::default()
-            },
-        )
-        .await;
-    s.volume("pv-b", &s.b, retain()).await;
+) -> (Release, PersistentVolume, HelmOut) {
+    let class_a = Class::new("a").provisioner(CSI_PROVISIONER);
+    let s = Release::with_opts(prefix, hook, class_a, RunnerOpts::default()).await;
+    let pv = retained("pv-a", &s.a).csi().create(&s).await;
+    retained("pv-b", &s.b).create(&s).await;
     s.install(Some(&s.a)).await;
     let out = s
         .helm(
@@ -1215,7 +645,7 @@ async fn provisioner_finalizer(
 }
 
 /// Removes the provisioner's finalizer, which no provisioner will ever remove here.
-async fn release_volume(s: &Scenario, name: &str) {
+async fn release_volume(s: &Release, name: &str) {
     let _ = s
         .pvs()
         .patch(
@@ -1230,15 +660,17 @@ async fn release_volume(s: &Scenario, name: &str) {
 async fn provisioner_finalizer_is_left_to_the_provisioner() {
     let (s, pv, out) = provisioner_finalizer("e2e-csi", Hook::Binary, true).await;
     s.expect_ok(&out);
-    let after = wait_bound(&s.client, s.name(), CLAIM).await;
-    assert_eq!(class_of(&after), Some(s.b.as_str()));
+    let after = wait_bound(s.client(), s.name(), CLAIM).await;
+    assert_eq!(claim_class(&after), Some(s.b.as_str()));
     let run = s.last_run(0);
     let name = pv.name_any();
-    assert!(
-        run.termination_message
-            .contains(&format!("left: PV {name} (Delete) still present after 3s")),
+    let o = run.outcome();
+    assert_eq!(
+        o.left_names("volume-reclaim-pending"),
+        [name.as_str()],
         "{run}"
     );
+    assert!(o.left[0].text.ends_with("still present after 3s"), "{run}");
     let left = s
         .pv(&name)
         .await

@@ -112,8 +112,7 @@ mod migrate {
         ] {
             let job = c.migration("data", &[("DESIRED_STORAGECLASS", &class)]);
             let run = job.set("DELETE_RETAINED_PV", delete_retained).run().await;
-            let o = run.expect_status(0).outcome();
-            assert_eq!(o.shape(), "nothing-to-do", "{run}");
+            let o = run.expect_shape(0, "nothing-to-do");
             assert_eq!(o.detail.as_deref(), Some("claim absent"), "{run}");
             assert_eq!(o.claim, format!("{}/data", c.name()));
         }
@@ -146,8 +145,7 @@ mod migrate {
         assert_eq!(claim_class(&claim), None);
 
         let run = c.migrate("data", &[]).await;
-        let o = run.expect_status(0).outcome();
-        assert_eq!(o.shape(), "nothing-to-do", "{run}");
+        let o = run.expect_shape(0, "nothing-to-do");
         assert_eq!(
             o.detail.as_deref(),
             Some("storageClassName is unset, Helm can set it")
@@ -177,8 +175,7 @@ mod migrate {
         let (empty, empty_pv) = c.bound_with(no_class, c.reserved_for("empty")).await;
         for (claim, desired) in [("data", c.b.as_str()), ("empty", "-")] {
             let run = c.migrate(claim, &[("DESIRED_STORAGECLASS", desired)]).await;
-            let o = run.expect_status(0).outcome();
-            assert_eq!(o.shape(), "nothing-to-do", "{run}");
+            let o = run.expect_shape(0, "nothing-to-do");
             assert_eq!(o.detail.as_deref(), Some("already on the desired class"));
         }
         for (claim, pv) in [(&claim, &pv), (&empty, &empty_pv)] {
@@ -233,8 +230,7 @@ mod migrate {
         let (claim, pv) = c.bound("data", "Retain").await;
 
         let run = c.migrate("data", &[("DESIRED_STORAGECLASS", "")]).await;
-        let o = run.expect_status(0).outcome();
-        assert_eq!(o.shape(), KEPT, "{run}");
+        let o = run.expect_shape(0, KEPT);
         assert_eq!(o.detail, Some(format!("class \"{default}\"")), "{run}");
         assert_eq!(o.found_names("class"), [c.a.as_str()], "{run}");
         assert!(read(&c.claims(), "data").await.is_none());
@@ -280,8 +276,7 @@ mod migrate {
             .bound_with(on_older, c.volume_for("data").class(&older))
             .await;
         let run = c.run(&[("PVC_NAME", "data")]).await;
-        let o = run.expect_status(0).outcome();
-        assert_eq!(o.shape(), KEPT, "{run}");
+        let o = run.expect_shape(0, KEPT);
         assert_eq!(o.detail, Some(format!("class \"{newer}\"")), "{run}");
         assert_eq!(o.found_names("class"), [older.as_str()], "{run}");
         assert!(read(&c.claims(), "data").await.is_none());
@@ -295,8 +290,7 @@ mod migrate {
         let c = Cluster::new("dash").await;
         c.bound("data", "Retain").await;
         let run = c.migrate("data", &[("DESIRED_STORAGECLASS", "-")]).await;
-        let o = run.expect_status(0).outcome();
-        assert_eq!(o.shape(), KEPT, "{run}");
+        let o = run.expect_shape(0, KEPT);
         assert_eq!(o.detail.as_deref(), Some("no class (\"\")"), "{run}");
         assert!(read(&c.claims(), "data").await.is_none());
     }
@@ -370,9 +364,10 @@ mod migrate {
         let (_, pv) = c.bound("data", "Retain").await;
         let pv_name = pv.name_any();
         let run = c.migrate("data", &[("DELETE_RETAINED_PV", "true")]).await;
-        let o = run.expect_status(0).outcome();
-        let shape = "migrated: found class, volume; done claim-deleted, claim-gone, volume-deleted";
-        assert_eq!(o.shape(), shape, "{run}");
+        let o = run.expect_shape(
+            0,
+            "migrated: found class, volume; done claim-deleted, claim-gone, volume-deleted",
+        );
         assert_eq!(o.done_names("volume-deleted"), [pv_name.as_str()], "{run}");
         assert!(read(&c.claims(), "data").await.is_none());
         assert!(read(&c.pvs(), &pv_name).await.is_none());
@@ -449,9 +444,7 @@ mod migrate {
         let pod = c.running_pod("user", "data").await;
         let stand_in = KubeletStandIn::start(c.name());
         let run = c.migrate("data", &[("WAIT_TIMEOUT", "30s")]).await;
-        let o = run.expect_status(0).outcome();
-        let shape = "migrated: found class, volume, used-by; done claim-deleted, pod-evicted, claim-gone; left volume-kept";
-        assert_eq!(o.shape(), shape, "{run}");
+        let o = run.expect_shape(0, "migrated: found class, volume, used-by; done claim-deleted, pod-evicted, claim-gone; left volume-kept");
         assert_eq!(o.found_names("used-by"), ["user"], "{run}");
         assert!(
             o.found[2]
@@ -477,9 +470,7 @@ mod migrate {
         let pod = c.running_pod("user", "data").await;
         let force = [("IN_USE_POLICY", "force"), ("WAIT_TIMEOUT", "10s")];
         let run = c.migrate("data", &force).await;
-        let o = run.expect_status(0).outcome();
-        let shape = "migrated: found class, volume, used-by; done claim-deleted, claim-finalizer-stripped, claim-gone; left volume-kept";
-        assert_eq!(o.shape(), shape, "{run}");
+        let o = run.expect_shape(0, "migrated: found class, volume, used-by; done claim-deleted, claim-finalizer-stripped, claim-gone; left volume-kept");
         assert!(o.done[1].text.contains(PVC_PROTECTION), "{run}");
         let warning = run
             .stderr
@@ -541,9 +532,7 @@ mod migrate {
 
         let stand_in = KubeletStandIn::start(c.name());
         let run = c.migrate("data", &[("WAIT_TIMEOUT", "30s")]).await;
-        let o = run.expect_status(0).outcome();
-        let shape = "migrated: found class, being-deleted, volume, used-by; done pod-evicted, claim-gone; left volume-kept";
-        assert_eq!(o.shape(), shape, "{run}");
+        run.expect_shape(0, "migrated: found class, being-deleted, volume, used-by; done pod-evicted, claim-gone; left volume-kept");
         assert_eq!(stand_in.deleted_pods(), ["user"]);
         assert!(read(&c.claims(), "data").await.is_none());
         wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
@@ -695,9 +684,10 @@ mod migrate {
         wait_deleted(&c.claims(), "data").await;
         wait_pv_phase(c.client(), &pv_name, "Released").await;
         let last = job.run().await;
-        let o = last.expect_status(0).outcome();
-        let shape = "finished: found claim-absent, marked-volume; done volume-deleted";
-        assert_eq!(o.shape(), shape, "{last}");
+        let o = last.expect_shape(
+            0,
+            "finished: found claim-absent, marked-volume; done volume-deleted",
+        );
         assert_eq!(o.done_names("volume-deleted"), [pv_name.as_str()], "{last}");
         assert!(read(&c.pvs(), &pv_name).await.is_none());
         // And then there is nothing left to do.
@@ -729,9 +719,7 @@ mod migrate {
             Instant::now()
         };
         let (run, released_at) = futures::join!(binary, backup_tool);
-        let o = run.expect_status(0).outcome();
-        let shape = "migrated: found class, volume, foreign-finalizer; done claim-deleted, claim-gone, volume-deleted";
-        assert_eq!(o.shape(), shape, "{run}");
+        run.expect_shape(0, "migrated: found class, volume, foreign-finalizer; done claim-deleted, claim-gone, volume-deleted");
         // It went on as soon as the claim was gone, not at its timeout.
         assert!(released_at.elapsed() < Duration::from_secs(20), "{run}");
         assert!(read(&c.claims(), "data").await.is_none());
@@ -896,9 +884,7 @@ mod migrate {
         let pod = c.running_pod("user", "data").await;
         let stand_in = KubeletStandIn::start(c.name());
         let run = c.migrate("data", &[("DRY_RUN", "yes")]).await;
-        let o = run.expect_status(0).outcome();
-        let shape = "dry-run: found class, volume, used-by; would claim-deleted, pod-evicted; left volume-reclaim-pending";
-        assert_eq!(o.shape(), shape, "{run}");
+        let o = run.expect_shape(0, "dry-run: found class, volume, used-by; would claim-deleted, pod-evicted; left volume-reclaim-pending");
         assert_eq!(o.would_names("pod-evicted"), ["user"], "{run}");
         assert!(!o.changed && o.done.is_empty(), "{run}");
         assert_unchanged(&c.claims(), &claim).await;
@@ -998,9 +984,7 @@ mod migrate {
         c.running_pod("user", "web").await;
         let stand_in = KubeletStandIn::start(c.name());
         let run = run_as(&c, "hook", "web", &EVICT, None, &[("WAIT_TIMEOUT", "30s")]).await;
-        let o = run.expect_status(0).outcome();
-        let shape = "migrated: found class, volume, used-by; done claim-deleted, pod-evicted, claim-gone; left volume-kept";
-        assert_eq!(o.shape(), shape, "{run}");
+        run.expect_shape(0, "migrated: found class, volume, used-by; done claim-deleted, pod-evicted, claim-gone; left volume-kept");
         assert_eq!(stand_in.deleted_pods(), ["user"]);
         assert!(read(&c.claims(), "web").await.is_none());
         wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
@@ -1075,9 +1059,7 @@ mod migrate {
 
         let stand_in = KubeletStandIn::start(c.name());
         let rerun = run_as(&c, "hook-fixed", "data", &EVICT, None, &settings).await;
-        let o = rerun.expect_status(0).outcome();
-        let shape = "migrated: found class, being-deleted, volume, used-by; done pod-evicted, claim-gone; left volume-kept";
-        assert_eq!(o.shape(), shape, "{rerun}");
+        rerun.expect_shape(0, "migrated: found class, being-deleted, volume, used-by; done pod-evicted, claim-gone; left volume-kept");
         assert_eq!(stand_in.deleted_pods(), ["user"]);
         assert!(read(&c.claims(), "data").await.is_none());
         wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
@@ -1142,9 +1124,10 @@ mod migrate {
         assert_eq!(claim_ref_uid(&kept), claim.uid().as_deref());
 
         let rerun = run_as(&c, "hook-fixed", "data", &WRITE, None, &delete_pv).await;
-        let o = rerun.expect_status(0).outcome();
-        let shape = "finished: found claim-absent, marked-volume; done volume-deleted";
-        assert_eq!(o.shape(), shape, "{rerun}");
+        rerun.expect_shape(
+            0,
+            "finished: found claim-absent, marked-volume; done volume-deleted",
+        );
         assert!(read(&c.pvs(), &pv_name).await.is_none());
     }
 }

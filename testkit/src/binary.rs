@@ -350,6 +350,14 @@ impl Run {
         outcome
     }
 
+    /// Asserts the exit status and the [`Outcome::shape`] of the one claim (result and the kinds
+    /// of what was found, done and left), and returns its outcome.
+    pub fn expect_shape(&self, code: i32, shape: &str) -> Outcome {
+        let outcome = self.expect_status(code).outcome();
+        assert_eq!(outcome.shape(), shape, "outcome\n{self}");
+        outcome
+    }
+
     /// Asserts the exit status, the result and that the error names every fragment; returns
     /// the outcome.
     pub fn expect_error(&self, code: i32, result: &str, fragments: &[&str]) -> Outcome {

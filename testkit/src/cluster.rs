@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use crate::{
     TestNamespace,
-    api::{volume_name, wait_pv_phase},
+    api::{read, volume_name, wait_pv_phase},
     binary::{Job, Run},
     objects::{Claim, ClaimUser, Class, Volume},
 };
@@ -89,6 +89,35 @@ impl Cluster {
     ) -> (PersistentVolumeClaim, PersistentVolume) {
         self.bound_with(self.claim(name), self.volume_for(name).reclaim(reclaim))
             .await
+    }
+
+    /// Asserts that `claim` is gone and that `pv`, its volume, is kept Released (same uid, not
+    /// being deleted); returns the volume as it is then.
+    pub async fn assert_gone_and_kept(
+        &self,
+        claim: &str,
+        pv: &PersistentVolume,
+    ) -> PersistentVolume {
+        assert!(
+            read(&self.claims(), claim).await.is_none(),
+            "claim {claim} is still there"
+        );
+        let kept = wait_pv_phase(self.client(), &pv.name_any(), "Released").await;
+        assert_eq!(kept.uid(), pv.uid(), "the volume was replaced");
+        assert!(kept.metadata.deletion_timestamp.is_none(), "{kept:#?}");
+        kept
+    }
+
+    /// Asserts that `claim` and its volume `pv` are gone.
+    pub async fn assert_both_gone(&self, claim: &str, pv: &PersistentVolume) {
+        assert!(
+            read(&self.claims(), claim).await.is_none(),
+            "claim {claim} is still there"
+        );
+        assert!(
+            read(&self.pvs(), &pv.name_any()).await.is_none(),
+            "the volume is still there"
+        );
     }
 
     /// A running pod on a node of its own that mounts `claim`.

@@ -183,6 +183,25 @@ pub struct HookRun {
     pub elapsed: Duration,
 }
 
+impl HookRun {
+    /// The outcomes storageclass-migrate printed (with `SUMMARY_FORMAT=json`): the lines of the
+    /// output that are outcome objects (JSON log lines are not).
+    pub fn outcomes(&self) -> Vec<crate::Outcome> {
+        self.output
+            .lines()
+            .filter(|l| l.starts_with("{\"claim\":"))
+            .map(|l| crate::Outcome::parse(l).unwrap_or_else(|e| panic!("{e}\n{self}")))
+            .collect()
+    }
+
+    /// The outcome of the one claim.
+    pub fn outcome(&self) -> crate::Outcome {
+        let mut outcomes = self.outcomes();
+        assert_eq!(outcomes.len(), 1, "expected one outcome\n{self}");
+        outcomes.remove(0)
+    }
+}
+
 impl std::fmt::Display for HookRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(

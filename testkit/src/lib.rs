@@ -15,6 +15,7 @@
 //! | [`fault_proxy`] | an HTTP proxy to the apiserver that injects faults |
 //! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |
 //! | [`helm`] | helm and the charts, prepared once per test process |
+//! | [`release`] | a release of examples/app with its hook Jobs run: the end-to-end scene |
 //! | [`rows`] | table-driven tests: every row at once, each checked on its own |
 //! | [`background`] | the stoppable background thread under the kubelet, runner and proxy |
 //!
@@ -58,6 +59,7 @@ pub mod namespace;
 pub mod objects;
 pub mod outcome;
 pub mod rbac;
+pub mod release;
 pub mod rows;
 
 pub use api::*;

@@ -57,14 +57,21 @@ mod tests {
     #[test]
     fn failing_rows_are_named() {
         let result = std::panic::catch_unwind(|| {
-            check_rows(vec![1, 2, 3], |n| format!("n={n}"), |n| async move {
-                assert!(n != 2, "two is wrong");
-            })
+            check_rows(
+                vec![1, 2, 3],
+                |n| format!("n={n}"),
+                |n| async move {
+                    assert!(n != 2, "two is wrong");
+                },
+            )
         });
         let message = result.unwrap_err().downcast::<String>().unwrap();
         assert!(message.starts_with("1 row(s) failed"), "{message}");
         assert!(message.contains("row n=2: two is wrong"), "{message}");
-        assert!(!message.contains("n=1") && !message.contains("n=3"), "{message}");
+        assert!(
+            !message.contains("n=1") && !message.contains("n=3"),
+            "{message}"
+        );
     }
 
     #[test]

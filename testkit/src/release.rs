@@ -1,0 +1,312 @@
+//! One release of `examples/app` in a namespace of its own, installed and upgraded with helm
+//! while a [`HookRunner`] runs its hook Job's pods: the scene of the end-to-end tests.
+
+use std::{io::Write, path::PathBuf};
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{PersistentVolumeClaim, Pod, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams},
+};
+use serde_json::Value;
+
+use crate::{
+    Cluster,
+    api::{wait_bound, wait_deleted},
+    control_plane::{ControlPlane, client},
+    helm::{HelmOut, SCRIPT_ENV, charts, script_path},
+    hook_runner::{HookRun, HookRunner, How, RunnerOpts, say_once},
+    namespace::{keep_namespaces, on_own_runtime},
+    objects::Class,
+};
+
+/// The tag scripts/build-image.sh gives the image: the version in the root Cargo.toml.
+pub fn image_tag() -> String {
+    let manifest = crate::control_plane::repo_root().join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", manifest.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("a version in Cargo.toml")
+        .to_owned()
+}
+
+/// Helm's `--timeout` (hooks and `--wait`).
+pub const HELM_TIMEOUT: &str = "90s";
+/// The image the hook pod runs, as scripts/build-image.sh names it.
+pub const IMAGE_REPOSITORY: &str = "localhost/storageclass-migrate";
+/// The image standing for the script's kubectl image; its command runs on the host.
+pub const KUBECTL_IMAGE: &str = "bitnami/kubectl";
+/// The release name of every test: the claim is `rel-data`, the hook Job
+/// `rel-data-storageclass-migrate`.
+pub const RELEASE: &str = "rel";
+pub const CLAIM: &str = "rel-data";
+pub const JOB: &str = "rel-data-storageclass-migrate";
+
+/// Which hook the chart runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// examples/app as it is: the storageclass-migrate image.
+    Binary,
+    /// examples/app with the kubectl script as its hook (tests/e2e/script-hook.yaml).
+    Script,
+}
+
+/// Prints, past the harness's capture, that a script test is skipped; true if it is.
+pub fn skip_without_script(test: &str) -> bool {
+    if script_path().is_some() {
+        return false;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped: set {SCRIPT_ENV}=/path/to/kubectl-hook.sh to run the kubectl script side \
+         by side"
+    );
+    true
+}
+
+/// One release of examples/app in a namespace of its own, with a hook runner for it and classes
+/// A and B (no provisioner, Immediate binding, unless given). Derefs to its [`Cluster`].
+pub struct Release {
+    pub hook: Hook,
+    /// Stopped before the namespace goes.
+    pub runner: HookRunner,
+    pub c: Cluster,
+}
+
+impl std::ops::Deref for Release {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.c
+    }
+}
+
+impl Release {
+    pub async fn new(prefix: &str, hook: Hook) -> Release {
+        Self::with_opts(prefix, hook, Class::new("a"), RunnerOpts::default()).await
+    }
+
+    pub async fn with_opts(
+        prefix: &str,
+        hook: Hook,
+        class_a: Class,
+        mut runner: RunnerOpts,
+    ) -> Release {
+        let c = Cluster::with_classes(prefix, class_a, Class::new("b")).await;
+        if hook == Hook::Script {
+            let kubectl = ControlPlane::get()
+                .kubectl
+                .clone()
+                .expect("the control plane's env names KUBECTL");
+            let dir = kubectl.parent().expect("kubectl's directory").to_path_buf();
+            runner.host_images.push((KUBECTL_IMAGE.into(), dir));
+        }
+        Release {
+            runner: HookRunner::start(c.name(), runner),
+            hook,
+            c,
+        }
+    }
+
+    pub fn chart(&self) -> PathBuf {
+        match self.hook {
+            Hook::Binary => charts().app.clone(),
+            Hook::Script => charts()
+                .script_app
+                .clone()
+                .expect("the script chart (STORAGECLASS_MIGRATE_SCRIPT)"),
+        }
+    }
+
+    /// `helm install` (`verb` "install") or `helm upgrade --reuse-values` of the release, with
+    /// `--set` of each pair; `--wait` if `wait`.
+    pub async fn helm(&self, verb: &str, sets: &[(&str, &str)], wait: bool) -> HelmOut {
+        let mut args: Vec<String> = vec![
+            verb.into(),
+            RELEASE.into(),
+            self.chart().display().to_string(),
+            "--namespace".into(),
+            self.name().into(),
+            "--timeout".into(),
+            HELM_TIMEOUT.into(),
+        ];
+        if verb == "upgrade" {
+            args.push("--reuse-values".into());
+        } else {
+            let version = image_tag();
+            for (k, v) in [
+                ("storageclassMigrate.image.repository", IMAGE_REPOSITORY),
+                ("storageclassMigrate.image.tag", version.as_str()),
+                // The outcome as JSON on the pod's output; the termination message keeps the
+                // human lines.
+                ("storageclassMigrate.extraEnv[0].name", "SUMMARY_FORMAT"),
+                ("storageclassMigrate.extraEnv[0].value", "json"),
+            ] {
+                args.push("--set".into());
+                args.push(format!("{k}={v}"));
+            }
+        }
+        if wait {
+            args.push("--wait".into());
+        }
+        for (k, v) in sets {
+            args.push("--set".into());
+            args.push(format!("{k}={v}"));
+        }
+        charts().run(args).await
+    }
+
+    /// Installs the release with its claim on `class` (`None`: class left unset) and waits
+    /// until the claim is bound.
+    pub async fn install(&self, class: Option<&str>) -> PersistentVolumeClaim {
+        let sets: Vec<(&str, &str)> = class
+            .map(|c| vec![("persistence.storageClass", c)])
+            .unwrap_or_default();
+        let out = self.helm("install", &sets, true).await;
+        self.expect_ok(&out);
+        wait_bound(self.client(), self.name(), CLAIM).await
+    }
+
+    pub fn expect_ok(&self, out: &HelmOut) {
+        assert!(out.ok(), "{out}\n{}", self.runner.report());
+    }
+
+    pub fn expect_failed(&self, out: &HelmOut) {
+        assert!(
+            !out.ok(),
+            "expected helm to fail\n{out}\n{}",
+            self.runner.report()
+        );
+    }
+
+    /// The runs of the hook so far; the last one must have ended with `code`.
+    pub fn last_run(&self, code: i32) -> HookRun {
+        let runs = self.runner.runs();
+        let last = runs
+            .last()
+            .cloned()
+            .unwrap_or_else(|| panic!("no hook pod ran\n{}", self.runner.report()));
+        assert_eq!(last.exit_code, code, "{}", self.runner.report());
+        if let How::Image { image, .. } = &last.how {
+            say_once(&format!(
+                "e2e: hook pods of storageclass-migrate run in image {image} (buildah, chroot \
+                 isolation)"
+            ));
+        }
+        last
+    }
+
+    pub async fn claim(&self) -> Option<PersistentVolumeClaim> {
+        self.claims()
+            .get_opt(CLAIM)
+            .await
+            .expect("reading the claim")
+    }
+
+    pub async fn pv(&self, name: &str) -> Option<k8s_openapi::api::core::v1::PersistentVolume> {
+        self.pvs().get_opt(name).await.expect("reading a volume")
+    }
+
+    /// The release's status as `helm status` reports it (`deployed`, `failed`, ...).
+    pub async fn release_status(&self) -> String {
+        let out = charts()
+            .run(vec![
+                "status".into(),
+                RELEASE.into(),
+                "--namespace".into(),
+                self.name().into(),
+                "--output".into(),
+                "json".into(),
+            ])
+            .await;
+        assert!(out.ok(), "{out}");
+        let v: Value = serde_json::from_str(&out.stdout).expect("helm status JSON");
+        v["info"]["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// `state.terminated` of the newest hook pod, read back from the API.
+    pub async fn hook_pod_terminated(&self) -> Value {
+        let lp = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={JOB}"));
+        let mut pods = self.pods().list(&lp).await.expect("listing pods").items;
+        pods.sort_by_key(|p| p.metadata.creation_timestamp.clone());
+        let pod = pods
+            .last()
+            .unwrap_or_else(|| panic!("no pod of job {JOB}\n{}", self.runner.report()));
+        let status = serde_json::to_value(pod.status.clone()).unwrap();
+        status["containerStatuses"][0]["state"]["terminated"].clone()
+    }
+
+    /// After a hook that succeeded: Helm deleted the Job and the RBAC objects
+    /// (`hook-succeeded`).
+    pub async fn expect_hook_objects_gone(&self) {
+        let jobs: Api<Job> = Api::namespaced(self.client().clone(), self.name());
+        wait_deleted(&jobs, JOB).await;
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client().clone(), self.name());
+        let left: Vec<String> = sas
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|s| s.name_any())
+            .filter(|n| n != "default")
+            .collect();
+        assert!(left.is_empty(), "service accounts left: {left:?}");
+        let prefix = format!("storageclass-migrate:{}:", self.name());
+        let roles: Api<ClusterRole> = Api::all(self.client().clone());
+        let left: Vec<String> = roles
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|r| r.name_any())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        assert!(left.is_empty(), "cluster roles left: {left:?}");
+    }
+}
+
+impl Drop for Release {
+    /// The chart's cluster-scoped hook objects are left behind when a hook fails; they carry the
+    /// namespace in their names. Pods on a node are deleted at once: no kubelet would confirm
+    /// their graceful deletion, and the namespace would never go.
+    fn drop(&mut self) {
+        if keep_namespaces() {
+            return;
+        }
+        let prefix = format!("storageclass-migrate:{}:", self.name());
+        let ns = self.name().to_string();
+        on_own_runtime(std::time::Duration::from_secs(20), move || async move {
+            let client = client().await;
+            let dp = DeleteParams::background();
+            let lp = ListParams::default();
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let now = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::background()
+            };
+            for p in pods.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+                let _ = pods.delete(&p.name_any(), &now).await;
+            }
+            let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
+            for b in crbs.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+                if b.name_any().starts_with(&prefix) {
+                    let _ = crbs.delete(&b.name_any(), &dp).await;
+                }
+            }
+            let crs: Api<ClusterRole> = Api::all(client);
+            for r in crs.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+                if r.name_any().starts_with(&prefix) {
+                    let _ = crs.delete(&r.name_any(), &dp).await;
+                }
+            }
+        });
+    }
+}
