@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Event;
-use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use serde_json::json;
 use testkit::hold::{Hold, cel_adds, cel_removes};
@@ -34,33 +33,6 @@ async fn claim_event(c: &Cluster, claim: &str, reason: &str) -> Event {
             .find(|e| e.reason.as_deref() == Some(reason))
     })
     .await
-}
-
-/// Deletes a StorageClass (a default one must be gone before the lock is released).
-async fn delete_class(c: &Cluster, name: &str) {
-    Api::<StorageClass>::all(c.client().clone())
-        .delete(name, &DeleteParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("deleting StorageClass {name}: {e}"));
-}
-
-/// Fails unless the cluster has no default StorageClass (other test processes or leftovers would
-/// make the default-class tests meaningless).
-async fn assert_no_default_class(c: &Cluster) {
-    let defaults: Vec<String> = Api::<StorageClass>::all(c.client().clone())
-        .list(&ListParams::default())
-        .await
-        .expect("listing classes")
-        .items
-        .into_iter()
-        .filter(|c| {
-            c.annotations()
-                .iter()
-                .any(|(k, v)| k.ends_with("/is-default-class") && v == "true")
-        })
-        .map(|c| c.name_any())
-        .collect();
-    assert!(defaults.is_empty(), "default classes exist: {defaults:?}");
 }
 
 /// Runs the binary as the ServiceAccount `sa` with the chart's rules for `claim` (the sets in
@@ -128,15 +100,13 @@ mod migrate {
             "{run}"
         );
         assert_eq!(o.error(), format!("namespace \"{missing}\" does not exist"));
-        assert_unchanged(&c.claims(), &neighbour).await;
-        assert_unchanged(&c.pvs(), &pv).await;
+        c.assert_untouched(&neighbour, &pv).await;
     }
 
     #[tokio::test]
     async fn nil_class_claim_is_kept() {
-        let _lock = default_class_lock();
         let c = Cluster::new("nil-class").await;
-        assert_no_default_class(&c).await;
+        let _lock = c.no_default_class().await;
         // Binds to a volume without class (pre-bound to it: such volumes are open to every
         // test's claims), so that no later default class is assigned to it.
         let (claim, _) = c
@@ -189,18 +159,12 @@ mod migrate {
 
     #[tokio::test]
     async fn unset_class_with_the_claims_class_as_default_keeps_the_claim() {
-        let _lock = default_class_lock();
         let c = Cluster::new("default-same").await;
-        assert_no_default_class(&c).await;
-        let default = Class::new("default")
-            .default_class()
-            .create(&c)
-            .await
-            .name_any();
-        let on_default = Claim::new("data").class(&default);
-        let (claim, pv) = c
-            .bound_with(on_default, c.volume_for("data").class(&default))
-            .await;
+        let _lock = c.no_default_class().await;
+        let default = c.default_class("default").await;
+        let on_default = Claim::new("data").class(&default.name);
+        let volume = c.volume_for("data").class(&default.name);
+        let (claim, pv) = c.bound_with(on_default, volume).await;
 
         // Unset and empty both mean the default class: the script compared with "" and deleted
         // this healthy claim.
@@ -208,87 +172,69 @@ mod migrate {
             let job = c.job(&[("PVC_NAME", "data")]);
             let job = desired.map_or(job.clone(), |d| job.set("DESIRED_STORAGECLASS", d));
             let run = job.run().await;
-            let o = run.expect_status(0).outcome();
-            assert_eq!(o.shape(), "nothing-to-do", "{desired:?}\n{run}");
+            let o = run.expect_shape(0, "nothing-to-do");
             assert_eq!(o.detail.as_deref(), Some("already on the desired class"));
-            assert_unchanged(&c.claims(), &claim).await;
-            assert_unchanged(&c.pvs(), &pv).await;
+            c.assert_untouched(&claim, &pv).await;
         }
-        delete_class(&c, &default).await;
     }
 
     #[tokio::test]
     async fn unset_class_with_another_default_migrates() {
-        let _lock = default_class_lock();
         let c = Cluster::new("default-other").await;
-        assert_no_default_class(&c).await;
-        let default = Class::new("default")
-            .default_class()
-            .create(&c)
-            .await
-            .name_any();
+        let _lock = c.no_default_class().await;
+        let default = c.default_class("default").await;
         let (claim, pv) = c.bound("data", "Retain").await;
 
         let run = c.migrate("data", &[("DESIRED_STORAGECLASS", "")]).await;
         let o = run.expect_shape(0, KEPT);
-        assert_eq!(o.detail, Some(format!("class \"{default}\"")), "{run}");
+        assert_eq!(
+            o.detail,
+            Some(format!("class \"{}\"", default.name)),
+            "{run}"
+        );
         assert_eq!(o.found_names("class"), [c.a.as_str()], "{run}");
-        assert!(read(&c.claims(), "data").await.is_none());
-        let released = wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
-        assert_eq!(released.uid(), pv.uid());
+        let released = c.assert_gone_and_kept("data", &pv).await;
         assert_eq!(
             claim_ref_uid(&released),
             claim.uid().as_deref(),
             "still names the old claim"
         );
-        delete_class(&c, &default).await;
     }
 
     #[tokio::test]
     async fn of_two_default_classes_the_newest_wins() {
-        let _lock = default_class_lock();
         let c = Cluster::new("two-defaults").await;
-        assert_no_default_class(&c).await;
+        let _lock = c.no_default_class().await;
         // The older default sorts after the newer one by name, so a tie-break by name alone would
         // pick the older one.
-        let older = Class::new("z-older").default_class().create(&c).await;
-        let created = |sc: &StorageClass| sc.metadata.creation_timestamp.clone().unwrap().0;
+        let older = c.default_class("z-older").await;
         // creationTimestamp has whole seconds: let the next class be created in a later one.
-        let next_second = created(&older).as_second() + 1;
-        while (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64)
-            < next_second
-        {
+        let next_second = older.created.expect("creationTimestamp") + 1;
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        while (now().unwrap().as_secs() as i64) < next_second {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let newer = Class::new("m-newer").default_class().create(&c).await;
-        assert!(created(&newer) > created(&older));
-        let (older, newer) = (older.name_any(), newer.name_any());
+        let newer = c.default_class("m-newer").await;
+        assert!(newer.created > older.created);
 
         // The apiserver's admission picks the newest for a claim without class; so must the binary.
         let probe = Claim::new("probe").create(&c).await;
-        assert_eq!(claim_class(&probe), Some(newer.as_str()));
+        assert_eq!(claim_class(&probe), Some(newer.name.as_str()));
 
-        let on_older = Claim::new("data").class(&older);
+        let on_older = Claim::new("data").class(&older.name);
         let (_, pv) = c
-            .bound_with(on_older, c.volume_for("data").class(&older))
+            .bound_with(on_older, c.volume_for("data").class(&older.name))
             .await;
         let run = c.run(&[("PVC_NAME", "data")]).await;
         let o = run.expect_shape(0, KEPT);
-        assert_eq!(o.detail, Some(format!("class \"{newer}\"")), "{run}");
-        assert_eq!(o.found_names("class"), [older.as_str()], "{run}");
-        assert!(read(&c.claims(), "data").await.is_none());
-        wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
-        delete_class(&c, &newer).await;
-        delete_class(&c, &older).await;
+        assert_eq!(o.detail, Some(format!("class \"{}\"", newer.name)), "{run}");
+        assert_eq!(o.found_names("class"), [older.name.as_str()], "{run}");
+        c.assert_gone_and_kept("data", &pv).await;
     }
 
     #[tokio::test]
     async fn dash_means_no_class() {
-        let c = Cluster::new("dash").await;
-        c.bound("data", "Retain").await;
+        let (c, _, _) = Cluster::with_bound_claim("dash", "Retain").await;
         let run = c.migrate("data", &[("DESIRED_STORAGECLASS", "-")]).await;
         let o = run.expect_shape(0, KEPT);
         assert_eq!(o.detail.as_deref(), Some("no class (\"\")"), "{run}");
@@ -300,8 +246,7 @@ mod migrate {
 
     #[tokio::test]
     async fn delete_policy_volume_left_behind_is_named() {
-        let c = Cluster::new("reclaim-delete").await;
-        let (_, pv) = c.bound("data", "Delete").await;
+        let (c, _, pv) = Cluster::with_bound_claim("reclaim-delete", "Delete").await;
         let pv_name = pv.name_any();
         let run = c.migrate("data", &[("WAIT_TIMEOUT", "10s")]).await;
         let o = run.expect_status(0).expect_warning().outcome();
@@ -334,8 +279,7 @@ mod migrate {
     /// The human line, as `kubectl describe pod` shows it: one golden line.
     #[tokio::test]
     async fn retain_policy_volume_is_kept_released() {
-        let c = Cluster::new("reclaim-retain").await;
-        let (claim, pv) = c.bound("data", "Retain").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("reclaim-retain", "Retain").await;
         let pv_name = pv.name_any();
         let run = c.migration("data", &[]).human().run().await;
         run.expect_status(0);
@@ -347,8 +291,7 @@ mod migrate {
         );
         assert_eq!(run.stdout.trim_end(), expected);
         assert_eq!(run.termination_log, expected);
-        assert!(read(&c.claims(), "data").await.is_none());
-        let released = wait_pv_phase(c.client(), &pv_name, "Released").await;
+        let released = c.assert_gone_and_kept("data", &pv).await;
         assert_eq!(released.uid(), pv.uid());
         assert!(released.metadata.deletion_timestamp.is_none());
         assert_eq!(
@@ -360,8 +303,7 @@ mod migrate {
 
     #[tokio::test]
     async fn retain_policy_volume_deleted_on_request() {
-        let c = Cluster::new("delete-retained").await;
-        let (_, pv) = c.bound("data", "Retain").await;
+        let (c, _, pv) = Cluster::with_bound_claim("delete-retained", "Retain").await;
         let pv_name = pv.name_any();
         let run = c.migrate("data", &[("DELETE_RETAINED_PV", "true")]).await;
         let o = run.expect_shape(
@@ -369,8 +311,7 @@ mod migrate {
             "migrated: found class, volume; done claim-deleted, claim-gone, volume-deleted",
         );
         assert_eq!(o.done_names("volume-deleted"), [pv_name.as_str()], "{run}");
-        assert!(read(&c.claims(), "data").await.is_none());
-        assert!(read(&c.pvs(), &pv_name).await.is_none());
+        c.assert_both_gone("data", &pv).await;
     }
 
     /// A volume as a CSI provisioner leaves it: reclaim Delete, the provisioner's annotation and
@@ -430,8 +371,7 @@ mod migrate {
         assert!(o.done[1].text.contains(PVC_PROTECTION), "{run}");
         assert!(o.done[3].text.contains(PROVISIONER_FINALIZER), "{run}");
         assert_eq!(o.done_names("volume-deleted"), [pv_name.as_str()], "{run}");
-        assert!(read(&c.claims(), "data").await.is_none());
-        assert!(read(&c.pvs(), &pv_name).await.is_none());
+        c.assert_both_gone("data", &pv).await;
     }
 
     // ------------------------------------------------------------------------------------------
@@ -439,8 +379,7 @@ mod migrate {
 
     #[tokio::test]
     async fn in_use_evict_deletes_the_claim_then_evicts_the_pod() {
-        let c = Cluster::new("evict").await;
-        let (_, pv) = c.bound("data", "Retain").await;
+        let (c, _, pv) = Cluster::with_bound_claim("evict", "Retain").await;
         let pod = c.running_pod("user", "data").await;
         let stand_in = KubeletStandIn::start(c.name());
         let run = c.migrate("data", &[("WAIT_TIMEOUT", "30s")]).await;
@@ -465,8 +404,7 @@ mod migrate {
 
     #[tokio::test]
     async fn in_use_force_deletes_the_claim_at_once_and_leaves_the_pod() {
-        let c = Cluster::new("force").await;
-        c.bound("data", "Retain").await;
+        let (c, _, _) = Cluster::with_bound_claim("force", "Retain").await;
         let pod = c.running_pod("user", "data").await;
         let force = [("IN_USE_POLICY", "force"), ("WAIT_TIMEOUT", "10s")];
         let run = c.migrate("data", &force).await;
@@ -485,8 +423,7 @@ mod migrate {
     /// A refusal as people read it: one golden line.
     #[tokio::test]
     async fn in_use_fail_refuses_and_changes_nothing() {
-        let c = Cluster::new("fail").await;
-        let (claim, pv) = c.bound("data", "Retain").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("fail", "Retain").await;
         let pod = c.running_pod("user", "data").await;
         let run = c
             .migration("data", &[("IN_USE_POLICY", "fail")])
@@ -503,15 +440,13 @@ mod migrate {
                 node_of(&pod)
             )
         );
-        assert_unchanged(&c.claims(), &claim).await;
-        assert_unchanged(&c.pvs(), &pv).await;
+        c.assert_untouched(&claim, &pv).await;
         assert_unchanged(&c.pods(), &pod).await;
     }
 
     #[tokio::test]
     async fn claim_already_being_deleted_is_resumed() {
-        let c = Cluster::new("resume").await;
-        let (claim, pv) = c.bound("data", "Retain").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("resume", "Retain").await;
         c.running_pod("user", "data").await;
         // A previous run deleted the claim and stopped; pvc-protection holds it for the pod.
         let precondition = Preconditions {
@@ -534,8 +469,7 @@ mod migrate {
         let run = c.migrate("data", &[("WAIT_TIMEOUT", "30s")]).await;
         run.expect_shape(0, "migrated: found class, being-deleted, volume, used-by; done pod-evicted, claim-gone; left volume-kept");
         assert_eq!(stand_in.deleted_pods(), ["user"]);
-        assert!(read(&c.claims(), "data").await.is_none());
-        wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
+        c.assert_gone_and_kept("data", &pv).await;
     }
 
     // ------------------------------------------------------------------------------------------
@@ -614,8 +548,7 @@ mod migrate {
 
     #[tokio::test]
     async fn missing_target_class_is_refused() {
-        let c = Cluster::new("missing-class").await;
-        let (claim, pv) = c.bound("data", "Delete").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("missing-class", "Delete").await;
         let missing = c.ns.scoped("missing");
         let run = c
             .migrate("data", &[("DESIRED_STORAGECLASS", &missing)])
@@ -628,8 +561,7 @@ mod migrate {
                 "StorageClass \"{missing}\" does not exist; a claim recreated on it would never bind, so the old claim is kept"
             )
         );
-        assert_unchanged(&c.claims(), &claim).await;
-        assert_unchanged(&c.pvs(), &pv).await;
+        c.assert_untouched(&claim, &pv).await;
     }
 
     #[tokio::test]
@@ -705,7 +637,6 @@ mod migrate {
         let c = Cluster::new("foreign-wait").await;
         let held = c.claim("data").finalizer(BACKUP_FINALIZER);
         let (_, pv) = c.bound_with(held, c.volume_for("data")).await;
-        let pv_name = pv.name_any();
         let settings = [("DELETE_RETAINED_PV", "true"), ("WAIT_TIMEOUT", "60s")];
         let binary = c.migrate("data", &settings);
         let backup_tool = async {
@@ -722,8 +653,7 @@ mod migrate {
         run.expect_shape(0, "migrated: found class, volume, foreign-finalizer; done claim-deleted, claim-gone, volume-deleted");
         // It went on as soon as the claim was gone, not at its timeout.
         assert!(released_at.elapsed() < Duration::from_secs(20), "{run}");
-        assert!(read(&c.claims(), "data").await.is_none());
-        assert!(read(&c.pvs(), &pv_name).await.is_none());
+        c.assert_both_gone("data", &pv).await;
     }
 
     /// The claim is replaced between the binary's read and its delete: the binary's
@@ -732,8 +662,7 @@ mod migrate {
     /// the same name. The delete's uid precondition then fails, and the new claim is kept.
     #[tokio::test]
     async fn claim_replaced_between_read_and_delete_is_not_deleted() {
-        let c = Cluster::new("replaced").await;
-        let (old, pv) = c.bound("data", "Retain").await;
+        let (c, old, pv) = Cluster::with_bound_claim("replaced", "Retain").await;
         let pvs = c.pvs();
         let pv_name = pv.name_any();
         let mark = json!({"metadata": {"annotations": {DELETE_AFTER_CLAIM: "probe"}}});
@@ -787,8 +716,7 @@ mod migrate {
     /// claim of that name" would time out on the new one).
     #[tokio::test]
     async fn claim_replaced_while_the_binary_waits_is_left_alone() {
-        let c = Cluster::new("recreated").await;
-        let (old, pv) = c.bound("data", "Retain").await;
+        let (c, old, pv) = Cluster::with_bound_claim("recreated", "Retain").await;
         c.running_pod("user", "data").await;
         c.claim("probe").create(&c).await;
         let claims = c.claims();
@@ -868,8 +796,7 @@ mod migrate {
         let shape = "dry-run: found class, volume, used-by; would claim-deleted, claim-finalizer-stripped, volume-deleted";
         assert_eq!((o.shape().as_str(), o.changed), (shape, false), "{run}");
         assert_eq!(o.would_names("volume-deleted"), [pv_name.as_str()], "{run}");
-        assert_unchanged(&c.claims(), &claim).await;
-        assert_unchanged(&c.pvs(), &pv).await;
+        c.assert_untouched(&claim, &pv).await;
         assert_unchanged(&c.pods(), &pod).await;
         assert_eq!(pv_phase(&get(&c.pvs(), &pv_name).await), Some("Bound"));
         // Clean-up: let the namespace and the volume go.
@@ -879,16 +806,14 @@ mod migrate {
 
     #[tokio::test]
     async fn dry_run_does_not_evict() {
-        let c = Cluster::new("dry-run-evict").await;
-        let (claim, pv) = c.bound("data", "Delete").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("dry-run-evict", "Delete").await;
         let pod = c.running_pod("user", "data").await;
         let stand_in = KubeletStandIn::start(c.name());
         let run = c.migrate("data", &[("DRY_RUN", "yes")]).await;
         let o = run.expect_shape(0, "dry-run: found class, volume, used-by; would claim-deleted, pod-evicted; left volume-reclaim-pending");
         assert_eq!(o.would_names("pod-evicted"), ["user"], "{run}");
         assert!(!o.changed && o.done.is_empty(), "{run}");
-        assert_unchanged(&c.claims(), &claim).await;
-        assert_unchanged(&c.pvs(), &pv).await;
+        c.assert_untouched(&claim, &pv).await;
         assert_unchanged(&c.pods(), &pod).await;
         assert!(stand_in.deleted_pods().is_empty());
     }
@@ -976,8 +901,7 @@ mod migrate {
             [pv.name_any().as_str()],
             "{run}"
         );
-        assert!(read(&c.claims(), "data").await.is_none());
-        assert!(read(&c.pvs(), &pv.name_any()).await.is_none());
+        c.assert_both_gone("data", &pv).await;
 
         // Default settings, with a pod to evict.
         let (_, pv) = c.bound("web", "Retain").await;
@@ -986,14 +910,12 @@ mod migrate {
         let run = run_as(&c, "hook", "web", &EVICT, None, &[("WAIT_TIMEOUT", "30s")]).await;
         run.expect_shape(0, "migrated: found class, volume, used-by; done claim-deleted, pod-evicted, claim-gone; left volume-kept");
         assert_eq!(stand_in.deleted_pods(), ["user"]);
-        assert!(read(&c.claims(), "web").await.is_none());
-        wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
+        c.assert_gone_and_kept("web", &pv).await;
     }
 
     #[tokio::test]
     async fn rbac_without_claim_delete_is_forbidden_and_changes_nothing() {
-        let c = Cluster::new("rbac-no-claim-delete").await;
-        let (claim, pv) = c.bound("data", "Retain").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("rbac-no-claim-delete", "Retain").await;
         let without = Some(("persistentvolumeclaims", "delete"));
         let run = run_as(&c, "hook", "data", &EVICT, without, &[]).await;
         let o = run.expect_status(4).outcome();
@@ -1008,30 +930,26 @@ mod migrate {
                 .contains("cannot delete resource \"persistentvolumeclaims\""),
             "{run}"
         );
-        assert_unchanged(&c.claims(), &claim).await;
-        assert_unchanged(&c.pvs(), &pv).await;
+        c.assert_untouched(&claim, &pv).await;
     }
 
     #[tokio::test]
     async fn rbac_without_class_get_is_forbidden_and_changes_nothing() {
-        let c = Cluster::new("rbac-no-class-get").await;
-        let (claim, pv) = c.bound("data", "Retain").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("rbac-no-class-get", "Retain").await;
         let without = Some(("storageclasses", "get"));
         let run = run_as(&c, "hook", "data", &EVICT, without, &[]).await;
         let o = run.expect_status(4).outcome();
         assert_eq!((o.result.as_str(), o.changed), ("failed", false), "{run}");
         let denied = format!("get storageclasses \"{}\": HTTP 403 Forbidden", c.b);
         assert!(o.error().contains(&denied), "{run}");
-        assert_unchanged(&c.claims(), &claim).await;
-        assert_unchanged(&c.pvs(), &pv).await;
+        c.assert_untouched(&claim, &pv).await;
     }
 
     /// The claim is deleted before its pods are evicted: without the right to evict, the claim is
     /// left being deleted, held by pvc-protection for the pod, and a rerun with the right resumes.
     #[tokio::test]
     async fn rbac_without_eviction_is_forbidden_and_a_rerun_resumes() {
-        let c = Cluster::new("rbac-no-evict").await;
-        let (claim, pv) = c.bound("data", "Retain").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("rbac-no-evict", "Retain").await;
         let pod = c.running_pod("user", "data").await;
         let settings = [("WAIT_TIMEOUT", "30s")];
         let without = Some(("pods/eviction", "create"));
@@ -1061,16 +979,14 @@ mod migrate {
         let rerun = run_as(&c, "hook-fixed", "data", &EVICT, None, &settings).await;
         rerun.expect_shape(0, "migrated: found class, being-deleted, volume, used-by; done pod-evicted, claim-gone; left volume-kept");
         assert_eq!(stand_in.deleted_pods(), ["user"]);
-        assert!(read(&c.claims(), "data").await.is_none());
-        wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
+        c.assert_gone_and_kept("data", &pv).await;
     }
 
     /// The volume is marked before the claim is deleted: without the right to patch volumes,
     /// nothing is changed.
     #[tokio::test]
     async fn rbac_without_volume_patch_is_forbidden_and_changes_nothing() {
-        let c = Cluster::new("rbac-no-pv-patch").await;
-        let (claim, pv) = c.bound("data", "Retain").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("rbac-no-pv-patch", "Retain").await;
         let without = Some(("persistentvolumes", "patch"));
         let delete_pv = [("DELETE_RETAINED_PV", "true")];
         let run = run_as(&c, "hook", "data", &WRITE, without, &delete_pv).await;
@@ -1087,8 +1003,7 @@ mod migrate {
                 .contains("cannot patch resource \"persistentvolumes\""),
             "{run}"
         );
-        assert_unchanged(&c.claims(), &claim).await;
-        assert_unchanged(&c.pvs(), &pv).await;
+        c.assert_untouched(&claim, &pv).await;
     }
 
     /// The volume is deleted after the claim: a denied volume delete leaves the claim deleted and
@@ -1096,8 +1011,7 @@ mod migrate {
     /// rerun finishes the volume.
     #[tokio::test]
     async fn rbac_without_volume_delete_is_forbidden_and_a_rerun_finishes() {
-        let c = Cluster::new("rbac-no-pv-delete").await;
-        let (claim, pv) = c.bound("data", "Retain").await;
+        let (c, claim, pv) = Cluster::with_bound_claim("rbac-no-pv-delete", "Retain").await;
         let pv_name = pv.name_any();
         let delete_pv = [("DELETE_RETAINED_PV", "true")];
         let without = Some(("persistentvolumes", "delete"));
@@ -1112,8 +1026,7 @@ mod migrate {
                 .contains("cannot delete resource \"persistentvolumes\""),
             "{run}"
         );
-        assert!(read(&c.claims(), "data").await.is_none());
-        let kept = wait_pv_phase(c.client(), &pv_name, "Released").await;
+        let kept = c.assert_gone_and_kept("data", &pv).await;
         assert_eq!(kept.uid(), pv.uid());
         assert!(kept.metadata.deletion_timestamp.is_none());
         assert_eq!(kept.finalizers(), pv.finalizers());

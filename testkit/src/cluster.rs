@@ -1,17 +1,43 @@
 //! The usual scene of a test: a namespace of its own with two StorageClasses, A (the claims'
 //! current class) and B (the desired one), and the binary run in that namespace.
 
-use std::ops::Deref;
+use std::{ops::Deref, time::Duration};
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use kube::ResourceExt;
+use k8s_openapi::api::{
+    core::v1::{PersistentVolume, PersistentVolumeClaim, Pod},
+    storage::v1::StorageClass,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams},
+};
 
 use crate::{
     TestNamespace,
-    api::{read, volume_name, wait_pv_phase},
+    api::{assert_unchanged, read, volume_name, wait_pv_phase},
     binary::{Job, Run},
+    control_plane::client,
+    namespace::{DefaultClassGuard, default_class_lock, on_own_runtime},
     objects::{Claim, ClaimUser, Class, Volume},
 };
+
+/// A default StorageClass of a test, deleted when dropped.
+#[derive(Debug)]
+pub struct DefaultClass {
+    pub name: String,
+    /// Its creationTimestamp, in seconds since the epoch.
+    pub created: Option<i64>,
+}
+
+impl Drop for DefaultClass {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        on_own_runtime(Duration::from_secs(20), move || async move {
+            let classes: Api<StorageClass> = Api::all(client().await);
+            let _ = classes.delete(&name, &DeleteParams::default()).await;
+        });
+    }
+}
 
 /// A test namespace with classes `<ns>-a` and `<ns>-b`. Derefs to its [`TestNamespace`], so the
 /// builders' `create(&c)` take it as it is.
@@ -48,6 +74,55 @@ impl Cluster {
             ns,
             a: a.name_any(),
             b: b.name_any(),
+        }
+    }
+
+    /// A cluster with claim `data` on class A bound to the volume `<ns>-pv-data` of the
+    /// reclaim policy given: the most common scene, in one line.
+    pub async fn with_bound_claim(
+        prefix: &str,
+        reclaim: &str,
+    ) -> (Cluster, PersistentVolumeClaim, PersistentVolume) {
+        let c = Cluster::new(prefix).await;
+        let (claim, pv) = c.bound("data", reclaim).await;
+        (c, claim, pv)
+    }
+
+    /// Asserts that nothing changed a claim and its volume (see [`assert_unchanged`]).
+    pub async fn assert_untouched(&self, claim: &PersistentVolumeClaim, pv: &PersistentVolume) {
+        assert_unchanged(&self.claims(), claim).await;
+        assert_unchanged(&self.pvs(), pv).await;
+    }
+
+    /// Takes the [`default_class_lock`] and asserts that the cluster has no default class (other
+    /// test processes or leftovers would make a default-class test meaningless). Hold the guard
+    /// while the test's default classes or claims without a class exist.
+    pub async fn no_default_class(&self) -> DefaultClassGuard {
+        let guard = default_class_lock();
+        let defaults: Vec<String> = Api::<StorageClass>::all(self.client().clone())
+            .list(&ListParams::default())
+            .await
+            .expect("listing classes")
+            .items
+            .into_iter()
+            .filter(|c| {
+                c.annotations()
+                    .iter()
+                    .any(|(k, v)| k.ends_with("/is-default-class") && v == "true")
+            })
+            .map(|c| c.name_any())
+            .collect();
+        assert!(defaults.is_empty(), "default classes exist: {defaults:?}");
+        guard
+    }
+
+    /// Creates the default class `<ns>-<suffix>`, deleted again when the returned guard is
+    /// dropped (declare it after the [`Cluster::no_default_class`] guard, so that it goes first).
+    pub async fn default_class(&self, suffix: &str) -> DefaultClass {
+        let class = Class::new(suffix).default_class().create(self).await;
+        DefaultClass {
+            name: class.name_any(),
+            created: class.metadata.creation_timestamp.map(|t| t.0.as_second()),
         }
     }
 
