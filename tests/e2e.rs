@@ -28,7 +28,7 @@ use serde_json::json;
 use testkit::helm::HelmOut;
 use testkit::hook_runner::{How, Rendezvous, RunnerOpts};
 use testkit::prelude::*;
-use testkit::release::{CLAIM, Hook, JOB, RELEASE, Release, skip_without_script};
+use testkit::release::{CLAIM, Hook, JOB, Release, skip_without_script};
 
 /// A Retain volume `<ns>-<suffix>` on `class`.
 fn retained(suffix: &str, class: &str) -> Volume {
@@ -55,17 +55,7 @@ async fn install_runs_the_hook_and_the_claim_binds_on_class_a() {
     );
     // In-cluster, with the chart's RBAC, as the chart's user.
     assert_eq!(run.service_account, JOB, "{run}");
-    assert_eq!(
-        run.bindings,
-        [
-            format!(
-                "ClusterRoleBinding/storageclass-migrate:{}:{RELEASE}:{CLAIM}",
-                s.name()
-            ),
-            format!("RoleBinding/{}/{JOB}", s.name()),
-        ],
-        "{run}"
-    );
+    assert_eq!(run.bindings, s.chart_bindings(), "{run}");
     assert_eq!(run.user, Some((65532, Some(65532))), "{run}");
     if let How::Image { .. } = run.how {
         // The message above came back through the file mounted for the container.
@@ -94,16 +84,10 @@ async fn class_change(
     PersistentVolumeClaim,
     PersistentVolume,
 ) {
-    let s = Release::new(prefix, hook).await;
-    let pv_a = retained("pv-a", &s.a).create(&s).await;
-    let pv_b = retained("pv-b", &s.b).create(&s).await;
-    let before = s.install(Some(&s.a)).await;
+    let (s, before, pv_a) = Release::installed(prefix, hook).await;
+    let pv_b = get(&s.pvs(), &s.scoped("pv-b")).await;
 
-    let out = s
-        .helm("upgrade", &[("persistence.storageClass", &s.b)], true)
-        .await;
-    s.expect_ok(&out);
-    let after = wait_bound(s.client(), s.name(), CLAIM).await;
+    let after = s.upgrade_ok(&s.b, &[]).await;
     assert_ne!(after.uid(), before.uid(), "the claim was replaced");
     assert_eq!(claim_class(&after), Some(s.b.as_str()));
     assert_eq!(volume_name(&after), Some(pv_b.name_any().as_str()));
@@ -176,16 +160,14 @@ async fn script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone()
         )
         .await;
     s.expect_ok(&out);
-    let out = s
-        .helm("upgrade", &[("persistence.storageClass", &s.b)], false)
-        .await;
-    s.expect_failed(&out);
-    assert!(out.stderr.contains("BackoffLimitExceeded"), "{out}");
-    let run = s.last_run(1);
-    assert!(
-        run.output.contains("cannot list resource")
-            && run.output.contains("timed out waiting for the condition"),
-        "{run}"
+    let out = s.upgrade(&s.b, &[]).await;
+    s.expect_failed_with(&out, "BackoffLimitExceeded");
+    s.last_run_saying(
+        1,
+        &[
+            "cannot list resource",
+            "timed out waiting for the condition",
+        ],
     );
     assert!(s.claim().await.is_none(), "the claim was deleted");
     let left = s.pv(&pv_a.name_any()).await.expect("the volume is left");
@@ -197,9 +179,7 @@ async fn script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone()
 // (3) upgrade without a change; row "no change"
 
 async fn no_change(prefix: &str, hook: Hook) -> Release {
-    let s = Release::new(prefix, hook).await;
-    let pv = retained("pv-a", &s.a).create(&s).await;
-    let before = s.install(Some(&s.a)).await;
+    let (s, before, pv) = Release::installed(prefix, hook).await;
     let out = s.helm("upgrade", &[], true).await;
     s.expect_ok(&out);
     let after = s.claim().await.expect("the claim is there");
@@ -234,26 +214,12 @@ async fn script_upgrade_without_a_change_keeps_the_claim() {
 
 #[tokio::test]
 async fn without_the_hook_a_class_change_fails_on_the_immutable_claim() {
-    let s = Release::new("e2e-toggle", Hook::Binary).await;
-    retained("pv-a", &s.a).create(&s).await;
-    let pv_b = retained("pv-b", &s.b).create(&s).await;
-    let before = s.install(Some(&s.a)).await;
+    let (s, before, _) = Release::installed("e2e-toggle", Hook::Binary).await;
+    let pv_b = get(&s.pvs(), &s.scoped("pv-b")).await;
 
-    let out = s
-        .helm(
-            "upgrade",
-            &[
-                ("storageclassMigrate.allowMigration", "false"),
-                ("persistence.storageClass", &s.b),
-            ],
-            false,
-        )
-        .await;
-    s.expect_failed(&out);
-    assert!(
-        out.stderr.contains("spec is immutable after creation"),
-        "{out}"
-    );
+    let off = [("storageclassMigrate.allowMigration", "false")];
+    let out = s.upgrade(&s.b, &off).await;
+    s.expect_failed_with(&out, "spec is immutable after creation");
     assert_eq!(
         s.runner.runs().len(),
         1,
@@ -267,18 +233,8 @@ async fn without_the_hook_a_class_change_fails_on_the_immutable_claim() {
 
     // The hook is what makes it work: the same upgrade with it on. (--reuse-values takes the
     // values of the last deployed release, so the class is given again.)
-    let out = s
-        .helm(
-            "upgrade",
-            &[
-                ("storageclassMigrate.allowMigration", "true"),
-                ("persistence.storageClass", &s.b),
-            ],
-            true,
-        )
-        .await;
-    s.expect_ok(&out);
-    let after = wait_bound(s.client(), s.name(), CLAIM).await;
+    let on = [("storageclassMigrate.allowMigration", "true")];
+    let after = s.upgrade_ok(&s.b, &on).await;
     assert_eq!(claim_class(&after), Some(s.b.as_str()));
     assert_eq!(volume_name(&after), Some(pv_b.name_any().as_str()));
     s.last_run(0);
@@ -345,31 +301,26 @@ async fn script_unset_class_deletes_the_claim_and_its_volume() {
 // ------------------------------------------------------------------------------------------
 // (6) a failing hook: the target class is missing; row "target class missing"
 
-async fn missing_class(
-    prefix: &str,
-    hook: Hook,
-) -> (
+/// The release, its claim and volume, the missing class and helm's answer.
+type MissingClass = (
     Release,
     PersistentVolumeClaim,
     PersistentVolume,
     String,
     HelmOut,
-) {
-    let s = Release::new(prefix, hook).await;
-    let pv = retained("pv-a", &s.a).create(&s).await;
-    let before = s.install(Some(&s.a)).await;
+);
+
+async fn missing_class(prefix: &str, hook: Hook) -> MissingClass {
+    let (s, before, pv) = Release::installed(prefix, hook).await;
     let missing = s.ns.scoped("missing");
-    let out = s
-        .helm("upgrade", &[("persistence.storageClass", &missing)], false)
-        .await;
+    let out = s.upgrade(&missing, &[]).await;
     (s, before, pv, missing, out)
 }
 
 #[tokio::test]
 async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume() {
     let (s, before, pv, missing, out) = missing_class("e2e-missing", Hook::Binary).await;
-    s.expect_failed(&out);
-    assert!(out.stderr.contains("pre-upgrade hooks failed"), "{out}");
+    s.expect_failed_with(&out, "pre-upgrade hooks failed");
     assert!(out.stderr.contains("PodFailurePolicy"), "{out}");
     let run = s.last_run(3);
     // The reason, in the pod's status as the Job keeps it.
@@ -428,19 +379,16 @@ async fn script_missing_target_class_deletes_claim_and_volume() {
 
 /// Installs on A, then starts a pod on a node that mounts the claim (no scheduler: spec.nodeName
 /// set directly), and a kubelet stand-in that force-deletes pods once they are evicted.
-async fn in_use(
-    prefix: &str,
-    hook: Hook,
-) -> (
+/// The release, its claim and volume, and the kubelet stand-in.
+type InUse = (
     Release,
     PersistentVolumeClaim,
     PersistentVolume,
     KubeletStandIn,
-) {
-    let s = Release::new(prefix, hook).await;
-    let pv = retained("pv-a", &s.a).create(&s).await;
-    retained("pv-b", &s.b).create(&s).await;
-    let before = s.install(Some(&s.a)).await;
+);
+
+async fn in_use(prefix: &str, hook: Hook) -> InUse {
+    let (s, before, pv) = Release::installed(prefix, hook).await;
     s.running_pod("app", CLAIM).await;
     let kubelet = KubeletStandIn::start(s.name());
     (s, before, pv, kubelet)
@@ -459,15 +407,11 @@ fn app_pods_deleted(kubelet: &KubeletStandIn) -> Vec<String> {
 #[tokio::test]
 async fn in_use_evict_evicts_the_pod_then_replaces_the_claim() {
     let (s, before, _, kubelet) = in_use("e2e-evict", Hook::Binary).await;
-    let out = s
-        .helm("upgrade", &[("persistence.storageClass", &s.b)], true)
-        .await;
-    s.expect_ok(&out);
+    let after = s.upgrade_ok(&s.b, &[]).await;
     let run = s.last_run(0);
     assert_eq!(app_pods_deleted(&kubelet), ["app"], "{run}");
     assert!(s.pods().get_opt("app").await.unwrap().is_none());
     assert_eq!(run.outcome().done_names("pod-evicted"), ["app"], "{run}");
-    let after = wait_bound(s.client(), s.name(), CLAIM).await;
     assert_ne!(after.uid(), before.uid());
     assert_eq!(claim_class(&after), Some(s.b.as_str()));
 }
@@ -476,17 +420,9 @@ async fn in_use_evict_evicts_the_pod_then_replaces_the_claim() {
 async fn in_use_fail_refuses_and_the_upgrade_fails() {
     let (s, before, pv, kubelet) = in_use("e2e-in-use-fail", Hook::Binary).await;
     let out = s
-        .helm(
-            "upgrade",
-            &[
-                ("persistence.storageClass", &s.b),
-                ("storageclassMigrate.inUse", "fail"),
-            ],
-            false,
-        )
+        .upgrade(&s.b, &[("storageclassMigrate.inUse", "fail")])
         .await;
-    s.expect_failed(&out);
-    assert!(out.stderr.contains("PodFailurePolicy"), "{out}");
+    s.expect_failed_with(&out, "PodFailurePolicy");
     let run = s.last_run(3);
     let terminated = s.hook_pod_terminated().await;
     let message = terminated["message"].as_str().unwrap_or_default();
@@ -495,13 +431,7 @@ async fn in_use_fail_refuses_and_the_upgrade_fails() {
         "{terminated}\n{run}"
     );
     assert!(app_pods_deleted(&kubelet).is_empty());
-    let pod = s
-        .pods()
-        .get_opt("app")
-        .await
-        .unwrap()
-        .expect("the pod runs on");
-    assert!(pod.metadata.deletion_timestamp.is_none());
+    s.expect_pod_running("app").await;
     let kept = s.claim().await.expect("the claim is there");
     assert_eq!(kept.uid(), before.uid());
     assert_eq!(
@@ -520,27 +450,19 @@ async fn script_in_use_fails_after_60s_leaving_the_claim_terminating() {
         return;
     }
     let (s, before, pv, kubelet) = in_use("e2e-script-in-use", Hook::Script).await;
-    let out = s
-        .helm("upgrade", &[("persistence.storageClass", &s.b)], false)
-        .await;
-    s.expect_failed(&out);
-    assert!(out.stderr.contains("BackoffLimitExceeded"), "{out}");
-    let run = s.last_run(1);
-    assert!(
-        run.output.contains("unknown flag: --ignore-not-found")
-            && run.output.contains("timed out waiting for the condition"),
-        "{run}"
+    let out = s.upgrade(&s.b, &[]).await;
+    s.expect_failed_with(&out, "BackoffLimitExceeded");
+    let run = s.last_run_saying(
+        1,
+        &[
+            "unknown flag: --ignore-not-found",
+            "timed out waiting for the condition",
+        ],
     );
     assert!(run.elapsed >= Duration::from_secs(60), "{run}");
     // The pod was neither evicted nor deleted; the claim waits for it, being deleted.
     assert!(app_pods_deleted(&kubelet).is_empty());
-    let pod = s
-        .pods()
-        .get_opt("app")
-        .await
-        .unwrap()
-        .expect("the pod runs on");
-    assert!(pod.metadata.deletion_timestamp.is_none());
+    s.expect_pod_running("app").await;
     let claim = s.claim().await.expect("the claim is still there");
     assert_eq!(claim.uid(), before.uid());
     assert!(claim.metadata.deletion_timestamp.is_some(), "terminating");
@@ -600,17 +522,7 @@ async fn two_releases_in_two_namespaces_at_once_keep_apart() {
         let claim = wait_bound(s.client(), s.name(), CLAIM).await;
         assert_eq!(claim_class(&claim), Some(s.b.as_str()));
         // Each hook was bound only to its own namespace's objects.
-        assert_eq!(
-            run.bindings,
-            [
-                format!(
-                    "ClusterRoleBinding/storageclass-migrate:{}:{RELEASE}:{CLAIM}",
-                    s.name()
-                ),
-                format!("RoleBinding/{}/{JOB}", s.name()),
-            ],
-            "{run}"
-        );
+        assert_eq!(run.bindings, s.chart_bindings(), "{run}");
         s.expect_hook_objects_gone().await;
     }
 }
@@ -693,13 +605,13 @@ async fn script_provisioner_finalizer_fails_after_60s_with_the_claim_gone() {
         return;
     }
     let (s, pv, out) = provisioner_finalizer("e2e-script-csi", Hook::Script, false).await;
-    s.expect_failed(&out);
-    assert!(out.stderr.contains("BackoffLimitExceeded"), "{out}");
-    let run = s.last_run(1);
-    assert!(
-        run.output.contains("unknown flag: --ignore-not-found")
-            && run.output.contains("timed out waiting for the condition"),
-        "{run}"
+    s.expect_failed_with(&out, "BackoffLimitExceeded");
+    s.last_run_saying(
+        1,
+        &[
+            "unknown flag: --ignore-not-found",
+            "timed out waiting for the condition",
+        ],
     );
     assert!(s.claim().await.is_none(), "the claim was deleted");
     let name = pv.name_any();

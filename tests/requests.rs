@@ -170,13 +170,33 @@ fn pod(name: &str) -> Value {
     })
 }
 
+/// Nothing to do: the claim is on the desired class.
+fn assert_already_on_it(outcome: &Outcome) {
+    assert_eq!(outcome.result, Result::NothingToDo, "{}", outcome.line());
+    assert_eq!(
+        outcome.detail.as_deref(),
+        Some("already on the desired class")
+    );
+}
+
 fn kinds(items: &[Item]) -> Vec<Kind> {
     items.iter().map(|i| i.kind).collect()
+}
+
+/// The kinds of `items`, a list of `outcome`, are `expected`.
+fn assert_kinds(outcome: &Outcome, items: &[Item], expected: &[Kind]) {
+    assert_eq!(kinds(items), expected, "{}", outcome.line());
 }
 
 /// `GET` of the claim, answered with `claim`.
 fn get_claim(claim: Value) -> Expect {
     expect("GET", CLAIM, 200, claim)
+}
+
+/// The watch at `uri` (of a claim or a volume), which finds the object gone: an empty list of
+/// `kind`.
+fn gone(uri: &str, kind: &str) -> Expect {
+    expect("GET", uri, 200, list(kind, vec![]))
 }
 
 /// `GET` of class b, which exists.
@@ -192,16 +212,6 @@ fn get_class_b() -> Expect {
 /// The list of the namespace's pods, answered with `pods`.
 fn list_pods(pods: Vec<Value>) -> Expect {
     expect("GET", PODS, 200, list("PodList", pods))
-}
-
-/// The watch of the claim, which finds it gone.
-fn claim_gone() -> Expect {
-    expect(
-        "GET",
-        CLAIM_WATCH,
-        200,
-        list("PersistentVolumeClaimList", vec![]),
-    )
 }
 
 fn status(code: u16, reason: &str) -> Value {
@@ -237,11 +247,7 @@ async fn claim_on_desired_class_takes_one_request() {
         vec![get_claim(claim("b", Some("pv-1"), &[]))],
     )
     .await;
-    assert_eq!(outcomes[0].result, Result::NothingToDo);
-    assert_eq!(
-        outcomes[0].detail.as_deref(),
-        Some("already on the desired class")
-    );
+    assert_already_on_it(&outcomes[0]);
 }
 
 #[tokio::test]
@@ -267,11 +273,7 @@ async fn default_class_is_listed_and_newest_wins() {
         ],
     )
     .await;
-    assert_eq!(outcomes[0].result, Result::NothingToDo);
-    assert_eq!(
-        outcomes[0].detail.as_deref(),
-        Some("already on the desired class")
-    );
+    assert_already_on_it(&outcomes[0]);
 }
 
 #[tokio::test]
@@ -298,27 +300,21 @@ async fn retained_volume_deleted_on_request_with_uid_preconditions() {
                 deleting(claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"])),
             )
             .body(delete_body("claim-uid")),
-            claim_gone(),
+            gone(CLAIM_WATCH, "PersistentVolumeClaimList"),
             expect("GET", VOLUME, 200, volume("Retain", &[])),
             expect("DELETE", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
                 .body(json!({"propagationPolicy": "Background", "preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
-            expect(
-                "GET",
-                VOLUME_WATCH,
-                200,
-                list("PersistentVolumeList", vec![]),
-            ),
+            gone(VOLUME_WATCH, "PersistentVolumeList"),
         ],
     )
     .await;
     let outcome = &outcomes[0];
     assert_eq!(outcome.status, ExitStatus::Ok, "{}", outcome.line());
     assert_eq!(outcome.result, Result::Migrated);
-    assert_eq!(
-        kinds(&outcome.done),
-        [Kind::ClaimDeleted, Kind::ClaimGone, Kind::VolumeDeleted],
-        "{}",
-        outcome.line()
+    assert_kinds(
+        outcome,
+        &outcome.done,
+        &[Kind::ClaimDeleted, Kind::ClaimGone, Kind::VolumeDeleted],
     );
     assert!(outcome.left.is_empty(), "{}", outcome.line());
 }
@@ -338,17 +334,12 @@ async fn retained_volume_is_kept_and_named() {
                 200,
                 deleting(claim("a", Some("pv-1"), &[])),
             ),
-            claim_gone(),
+            gone(CLAIM_WATCH, "PersistentVolumeClaimList"),
         ],
     )
     .await;
     let outcome = &outcomes[0];
-    assert_eq!(
-        kinds(&outcome.left),
-        [Kind::VolumeKept],
-        "{}",
-        outcome.line()
-    );
+    assert_kinds(outcome, &outcome.left, &[Kind::VolumeKept]);
     assert_eq!(outcome.left[0].name.as_deref(), Some("pv-1"));
 }
 
@@ -405,21 +396,20 @@ async fn force_strips_pvc_protection_with_a_resource_version_merge_patch_and_ret
                 .content_type("application/merge-patch+json"),
             expect("GET", CLAIM, 200, deleted.clone()),
             expect("PATCH", &format!("{CLAIM}?"), 200, deleted.clone()).body(patch()),
-            claim_gone(),
+            gone(CLAIM_WATCH, "PersistentVolumeClaimList"),
         ],
     )
     .await;
     let outcome = &outcomes[0];
     assert_eq!(outcome.status, ExitStatus::Ok, "{}", outcome.line());
-    assert_eq!(
-        kinds(&outcome.done),
-        [
+    assert_kinds(
+        outcome,
+        &outcome.done,
+        &[
             Kind::ClaimDeleted,
             Kind::ClaimFinalizerStripped,
-            Kind::ClaimGone
+            Kind::ClaimGone,
         ],
-        "{}",
-        outcome.line()
     );
     // Only pvc-protection: the other controller's finalizer stays.
     assert_eq!(
@@ -449,16 +439,15 @@ async fn evict_deletes_the_claim_first_then_posts_evictions() {
                 status(201, "Created"),
             )
             .body(json!({"kind": "Eviction", "metadata": {"name": "web-0", "namespace": "apps"}})),
-            claim_gone(),
+            gone(CLAIM_WATCH, "PersistentVolumeClaimList"),
         ],
     )
     .await;
     let outcome = &outcomes[0];
-    assert_eq!(
-        kinds(&outcome.done),
-        [Kind::ClaimDeleted, Kind::PodEvicted, Kind::ClaimGone],
-        "{}",
-        outcome.line()
+    assert_kinds(
+        outcome,
+        &outcome.done,
+        &[Kind::ClaimDeleted, Kind::PodEvicted, Kind::ClaimGone],
     );
     assert_eq!(outcome.done[1].name.as_deref(), Some("web-0"));
 }
@@ -584,12 +573,7 @@ async fn a_volume_marked_by_an_interrupted_run_is_finished() {
             expect("GET", VOLUME, 200, marked.clone()),
             expect("DELETE", &format!("{VOLUME}?"), 200, marked)
                 .body(json!({"preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
-            expect(
-                "GET",
-                VOLUME_WATCH,
-                200,
-                list("PersistentVolumeList", vec![]),
-            ),
+            gone(VOLUME_WATCH, "PersistentVolumeList"),
         ],
     )
     .await;
@@ -609,11 +593,7 @@ async fn a_server_error_is_retried() {
         ],
     )
     .await;
-    assert_eq!(outcomes[0].result, Result::NothingToDo);
-    assert_eq!(
-        outcomes[0].detail.as_deref(),
-        Some("already on the desired class")
-    );
+    assert_already_on_it(&outcomes[0]);
 }
 
 #[tokio::test]

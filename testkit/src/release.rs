@@ -5,7 +5,7 @@ use std::{io::Write, path::PathBuf};
 
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{PersistentVolumeClaim, Pod, ServiceAccount},
+    core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use kube::{
@@ -21,7 +21,7 @@ use crate::{
     helm::{HelmOut, SCRIPT_ENV, charts, script_path},
     hook_runner::{HookRun, HookRunner, How, RunnerOpts, say_once},
     namespace::{keep_namespaces, on_own_runtime},
-    objects::Class,
+    objects::{Class, Volume},
 };
 
 /// The tag scripts/build-image.sh gives the image: the version in the root Cargo.toml.
@@ -171,6 +171,79 @@ impl Release {
         let out = self.helm("install", &sets, true).await;
         self.expect_ok(&out);
         wait_bound(self.client(), self.name(), CLAIM).await
+    }
+
+    /// A release installed on class A: Retain volumes `<ns>-pv-a` on A and `<ns>-pv-b` on B
+    /// (for the claim after a class change), the claim bound to the first. Returns the release,
+    /// the claim and the volume on A.
+    pub async fn installed(
+        prefix: &str,
+        hook: Hook,
+    ) -> (Release, PersistentVolumeClaim, PersistentVolume) {
+        let s = Release::new(prefix, hook).await;
+        let pv_a = Volume::host_path("pv-a").class(&s.a).create(&s).await;
+        Volume::host_path("pv-b").class(&s.b).create(&s).await;
+        let claim = s.install(Some(&s.a)).await;
+        (s, claim, pv_a)
+    }
+
+    /// `helm upgrade --reuse-values` with the claim on `class` and `sets`, without `--wait`.
+    pub async fn upgrade(&self, class: &str, sets: &[(&str, &str)]) -> HelmOut {
+        let mut all = vec![("persistence.storageClass", class)];
+        all.extend_from_slice(sets);
+        self.helm("upgrade", &all, false).await
+    }
+
+    /// An upgrade to `class` (with `--wait`) that succeeds; returns the new claim once bound.
+    pub async fn upgrade_ok(&self, class: &str, sets: &[(&str, &str)]) -> PersistentVolumeClaim {
+        let mut all = vec![("persistence.storageClass", class)];
+        all.extend_from_slice(sets);
+        let out = self.helm("upgrade", &all, true).await;
+        self.expect_ok(&out);
+        wait_bound(self.client(), self.name(), CLAIM).await
+    }
+
+    /// Asserts that helm failed saying `reason` (e.g. `BackoffLimitExceeded`).
+    pub fn expect_failed_with(&self, out: &HelmOut, reason: &str) {
+        self.expect_failed(out);
+        assert!(
+            out.stderr.contains(reason),
+            "helm does not say {reason:?}\n{out}"
+        );
+    }
+
+    /// The last hook run, which must have ended with `code` and printed every fragment.
+    pub fn last_run_saying(&self, code: i32, fragments: &[&str]) -> HookRun {
+        let run = self.last_run(code);
+        for fragment in fragments {
+            assert!(
+                run.output.contains(fragment),
+                "the hook did not print {fragment:?}\n{run}"
+            );
+        }
+        run
+    }
+
+    /// The bindings the chart makes for the hook's ServiceAccount, as [`HookRun::bindings`]
+    /// names them: the hook is bound to its own namespace's objects only.
+    pub fn chart_bindings(&self) -> [String; 2] {
+        [
+            format!(
+                "ClusterRoleBinding/storageclass-migrate:{}:{RELEASE}:{CLAIM}",
+                self.name()
+            ),
+            format!("RoleBinding/{}/{JOB}", self.name()),
+        ]
+    }
+
+    /// Asserts that pod `name` is there and not being deleted.
+    pub async fn expect_pod_running(&self, name: &str) {
+        let pod = self.pods().get_opt(name).await.expect("reading the pod");
+        let pod = pod.unwrap_or_else(|| panic!("pod {name} is gone\n{}", self.runner.report()));
+        assert!(
+            pod.metadata.deletion_timestamp.is_none(),
+            "pod {name} is being deleted"
+        );
     }
 
     pub fn expect_ok(&self, out: &HelmOut) {
