@@ -37,6 +37,9 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace's other member: cargo reads it to resolve the workspace, but the release binary
+# does not build it (it is a dev-dependency only).
+COPY testkit ./testkit
 ENV RUSTFLAGS="-C target-feature=+crt-static"
 RUN cargo build --release --locked --target x86_64-unknown-linux-gnu \
  && cp target/x86_64-unknown-linux-gnu/release/storageclass-migrate /storageclass-migrate \

@@ -3,7 +3,7 @@
 #   1. installs the Debian packages the checks need (ci-install.sh; quick when present), builds
 #      the control-plane binaries, helm and the image (each cached);
 #   2. starts the control plane in a temporary directory;
-#   3. `cargo test --all-targets [ARGS...]` with STORAGECLASS_MIGRATE_CONTROL_PLANE pointing at it;
+#   3. `cargo test --workspace --all-targets [ARGS...]` (the testkit crate's own tests too) with STORAGECLASS_MIGRATE_CONTROL_PLANE pointing at it;
 #   4. the chart checks (lint, render tests, server-side dry run) and the image run in the cluster;
 #   5. stops it again, also when a step fails or the run is interrupted.
 # Exits non-zero if any step failed. The directory (with the servers' logs) is removed after a
@@ -39,7 +39,7 @@ trap 'exit 143' TERM
 export STORAGECLASS_MIGRATE_CONTROL_PLANE=$dir
 
 status=0
-(cd "$root" && cargo test --all-targets "$@") || status=$?
+(cd "$root" && cargo test --workspace --all-targets "$@") || status=$?
 if [ $# -eq 0 ]; then
   "$root/scripts/check-chart.sh" || status=1
   "$root/scripts/check-image-in-cluster.sh" || status=1

@@ -39,6 +39,8 @@ const OK_LIMIT: Duration = Duration::from_secs(30);
 const SHORT_LIMIT: Duration = Duration::from_secs(12);
 /// How long a test waits for a gate or a request at the proxy.
 const GATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// One environment variable of the hook.
+type Setting = (&'static str, &'static str);
 /// Also delete the Retain volume.
 const DELETE_PV: (&str, &str) = ("DELETE_RETAINED_PV", "true");
 /// What a migration that keeps the Retain volume did.
@@ -1127,7 +1129,7 @@ async fn a_volume_rebound_during_the_run_is_not_touched() {
 #[tokio::test]
 async fn invalid_settings_are_refused_before_any_request() {
     let (fx, p, before) = Fixture::proxied("bad-input", Shape::default()).await;
-    let cases: &[(&[(&str, &str)], &[&str])] = &[
+    let cases: &[(&[Setting], &[&str])] = &[
         (
             &[("PVC_NAME", "Bad_Name")],
             &["claim name \"Bad_Name\" is not a valid DNS-1123 subdomain"],

@@ -53,7 +53,7 @@ pub const JOB: &str = "rel-data-storageclass-migrate";
 pub enum Hook {
     /// examples/app as it is: the storageclass-migrate image.
     Binary,
-    /// examples/app with the kubectl script as its hook (tests/e2e/script-hook.yaml).
+    /// examples/app with the kubectl script as its hook (testkit/charts/script-hook.yaml).
     Script,
 }
 
