@@ -28,13 +28,10 @@
 //!
 //! #[tokio::test]
 //! async fn retain_volume_is_kept() {
-//!     let c = Cluster::new("retain").await;                   // namespace, classes A and B
-//!     let (claim, pv) = c.bound("data", "Retain").await;      // claim on A, bound
-//!     let run = c.run(&[("PVC_NAME", "data"), ("DESIRED_STORAGECLASS", &c.b)]).await;
-//!     let outcome = run.expect_status(0).outcome();
-//!     assert_eq!(outcome.result, "migrated");
-//!     assert!(outcome.has_left("pv-retained"));
-//!     assert!(read(&c.claims(), "data").await.is_none());
+//!     let (c, _claim, pv) = Cluster::with_bound_claim("retain", "Retain").await;
+//!     let run = c.migrate("data", &[]).await;               // to class B, JSON summary
+//!     run.expect_shape(0, "migrated: found class, volume; done claim-deleted, claim-gone; left volume-kept");
+//!     c.assert_gone_and_kept("data", &pv).await;            // read back through the API
 //! }
 //! ```
 //!
