@@ -758,6 +758,7 @@ mod migrate {
         let (run, new) = futures::join!(binary, chart);
         let o = run.expect_status(0).outcome();
         assert_eq!(o.result, "migrated", "{run}");
+        assert_eq!(o.found_kinds(), ["class", "volume", "used-by"], "{run}");
         assert_eq!(o.done_kinds().first(), Some(&"claim-deleted"), "{run}");
         assert_eq!(o.done_kinds().last(), Some(&"claim-gone"), "{run}");
         assert_eq!(o.left_kinds(), ["volume-kept"], "{run}");
