@@ -4,6 +4,8 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use storageclass_migrate::config::SummaryFormat;
 use storageclass_migrate::{Args, Error, ExitStatus, client, run, summary, telemetry};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -15,11 +17,13 @@ async fn main() -> ExitCode {
         Err(e) => return fail_input(&e),
     };
     telemetry::init(args.log_format);
+    report_panics(&args);
     let status = match execute(&args).await {
         Ok(status) => status,
         Err(error) => {
             let line = format!("error: {}", error.to_string().replace('\n', " "));
             tracing::error!(exit_status = error.exit_status().code(), "{line}");
+            println!("{line}");
             summary::write_termination_log(&args.termination_log, &[line]);
             error.exit_status()
         }
@@ -29,8 +33,8 @@ async fn main() -> ExitCode {
 
 async fn execute(args: &Args) -> Result<ExitStatus, Error> {
     let config = args.config()?;
-    let client = client::connect(&config.connection).await?;
-    let outcomes = run::run(client, &config).await?;
+    let clients = client::connect(&config.connection).await?;
+    let outcomes = run::run(clients.client, clients.no_retry, &config, stop_signals()).await?;
     let lines: Vec<String> = outcomes.iter().map(summary::Outcome::line).collect();
     for (outcome, line) in outcomes.iter().zip(&lines) {
         match args.summary_format {
@@ -40,6 +44,42 @@ async fn execute(args: &Args) -> Result<ExitStatus, Error> {
     }
     summary::write_termination_log(&args.termination_log, &lines);
     Ok(summary::worst(&outcomes))
+}
+
+/// SIGTERM (the Job's deadline, a drain, an interrupted helm) and SIGINT ask the run to stop: it
+/// ends its requests and still reports what it did and what is left.
+fn stop_signals() -> watch::Receiver<Option<&'static str>> {
+    let (send, receive) = watch::channel(None);
+    let listen = |kind: SignalKind, name: &'static str| {
+        let send = send.clone();
+        match signal(kind) {
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    if stream.recv().await.is_some() {
+                        tracing::warn!(signal = name, "stopping");
+                        send.send_replace(Some(name));
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(signal = name, %error, "cannot listen for the signal"),
+        }
+    };
+    listen(SignalKind::terminate(), "SIGTERM");
+    listen(SignalKind::interrupt(), "SIGINT");
+    receive
+}
+
+/// A panic is a bug: it still ends with a summary line and exit status 1.
+fn report_panics(args: &Args) {
+    let termination_log = args.termination_log.clone();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let line = format!("error: internal error: {info}").replace('\n', " ");
+        println!("{line}");
+        summary::write_termination_log(&termination_log, &[line]);
+        std::process::exit(ExitStatus::Internal.code());
+    }));
 }
 
 /// A usage error on one line, exit status 2.
