@@ -241,15 +241,21 @@ impl fmt::Display for BudgetShort {
     }
 }
 
+/// Disruptions of each budget (by name) that claims of the run already planned to use.
+pub type BudgetUse = BTreeMap<String, i32>;
+
 /// The budgets that the evictions would break, as the Eviction API would judge them one by one:
-/// a Ready pod consumes one of the budget's allowed disruptions; a pod that is not Ready may go
-/// only when the budget is healthy (or its policy is `AlwaysAllow`).
+/// a Ready pod consumes one of the budget's allowed disruptions (less those that other claims of
+/// the run already planned to use); a pod that is not Ready may go only when the budget is healthy
+/// (or its policy is `AlwaysAllow`). Also returns the disruptions this plan uses.
 pub fn budgets_short(
     evict: &[String],
     pods: &[Pod],
     budgets: &[PodDisruptionBudget],
-) -> Vec<BudgetShort> {
+    reserved: &BudgetUse,
+) -> (Vec<BudgetShort>, BudgetUse) {
     let mut short = Vec::new();
+    let mut uses = BudgetUse::new();
     for budget in budgets {
         let Some(spec) = budget.spec.as_ref() else {
             continue;
@@ -266,20 +272,24 @@ pub fn budgets_short(
             continue;
         }
         let status = budget.status.as_ref();
-        let allowed = status.map_or(0, |s| s.disruptions_allowed);
+        let name = budget.name_any();
+        let allowed =
+            status.map_or(0, |s| s.disruptions_allowed) - reserved.get(&name).copied().unwrap_or(0);
         let healthy = status.is_some_and(|s| s.current_healthy >= s.desired_healthy);
         let always = spec.unhealthy_pod_eviction_policy.as_deref() == Some("AlwaysAllow");
         let ready = covered.iter().filter(|p| is_ready(p)).count();
         let unready_blocked = ready < covered.len() && !always && !healthy;
         if ready as i64 > i64::from(allowed) || unready_blocked {
             short.push(BudgetShort {
-                budget: budget.name_any(),
-                allowed,
+                budget: name,
+                allowed: allowed.max(0),
                 pods: covered.iter().map(|p| p.name_any()).collect(),
             });
+        } else if ready > 0 {
+            uses.insert(name, ready as i32);
         }
     }
-    short
+    (short, uses)
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -343,6 +353,11 @@ pub enum Refusal {
         request: String,
         message: String,
     },
+    /// Ready, but held back: other claims of the run could not go through, and a run changes
+    /// nothing unless every claim can.
+    HeldBack {
+        claims: Vec<String>,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -381,6 +396,11 @@ impl fmt::Display for Refusal {
             Refusal::Rejected { request, message } => {
                 write!(f, "{request} was rejected: {message}")
             }
+            Refusal::HeldBack { claims } => write!(
+                f,
+                "held back: {} of this run could not go through, and a run changes nothing unless every claim can",
+                claims.join(", ")
+            ),
         }
     }
 }
@@ -467,6 +487,8 @@ pub struct Plan {
     /// Finalizers of other controllers on the claim, waited for.
     pub foreign_finalizers: Vec<String>,
     pub volume: VolumeStep,
+    /// Disruptions of each budget that the evictions use.
+    pub budget_use: BudgetUse,
 }
 
 /// Everything read from the API about a claim that needs migrating.
@@ -478,6 +500,8 @@ pub struct Facts<'a> {
     pub pods: &'a [Pod],
     /// PodDisruptionBudgets of the namespace (read when pods are to be evicted).
     pub budgets: &'a [PodDisruptionBudget],
+    /// Disruptions that other claims of the run already planned to use.
+    pub reserved: &'a BudgetUse,
     pub target: Option<&'a Target>,
     pub target_exists: bool,
     /// Whether the claim's class differs from the desired one. A claim that is only being waited
@@ -488,6 +512,16 @@ pub struct Facts<'a> {
 
 pub fn plan(facts: Facts<'_>, policies: Policies) -> Result<Plan, Refusal> {
     let claim = facts.claim;
+    // A claim only waited out (not moving class) is never stripped, nor its volume deleted.
+    let policies = if facts.class_change {
+        policies
+    } else {
+        Policies {
+            delete_retained_pv: false,
+            strip_all_finalizers: false,
+            ..policies
+        }
+    };
     if facts.class_change
         && !facts.target_exists
         && let Some(target) = facts.target
@@ -506,7 +540,7 @@ pub fn plan(facts: Facts<'_>, policies: Policies) -> Result<Plan, Refusal> {
         InUsePolicy::Evict => to_evict(&name, facts.pods),
         _ => Vec::new(),
     };
-    let short = budgets_short(&evict, facts.pods, facts.budgets);
+    let (short, budget_use) = budgets_short(&evict, facts.pods, facts.budgets, facts.reserved);
     if !short.is_empty() {
         return Err(Refusal::Budgets(short));
     }
@@ -537,6 +571,7 @@ pub fn plan(facts: Facts<'_>, policies: Policies) -> Result<Plan, Refusal> {
         strip_claim,
         foreign_finalizers,
         volume,
+        budget_use,
     })
 }
 
@@ -571,15 +606,6 @@ fn volume_step(facts: Facts<'_>, policies: Policies) -> Result<VolumeStep, Refus
             owner,
         });
     }
-    let policies = if facts.class_change {
-        policies
-    } else {
-        Policies {
-            delete_retained_pv: false,
-            strip_all_finalizers: false,
-            ..policies
-        }
-    };
     Ok(VolumeStep::Handle(volume_plan(
         volume, &claim_uid, policies,
     )))
@@ -798,6 +824,7 @@ mod tests {
                 volume,
                 pods,
                 budgets: &[],
+                reserved: &BudgetUse::new(),
                 target: Some(&target),
                 target_exists: true,
                 class_change: true,
@@ -874,6 +901,7 @@ mod tests {
             volume: None,
             pods: &[],
             budgets: &[],
+            reserved: &BudgetUse::new(),
             target: Some(&target),
             target_exists: false,
             class_change: true,
@@ -1291,6 +1319,7 @@ mod tests {
             volume: Some(&pv),
             pods: &[],
             budgets: &[],
+            reserved: &BudgetUse::new(),
             target: Some(&target),
             target_exists: false,
             class_change: false,
@@ -1350,6 +1379,14 @@ mod tests {
     }
 
     fn plan_with_budgets(pods: &[Pod], budgets: &[PodDisruptionBudget]) -> Result<Plan, Refusal> {
+        plan_reserved(pods, budgets, &BudgetUse::new())
+    }
+
+    fn plan_reserved(
+        pods: &[Pod],
+        budgets: &[PodDisruptionBudget],
+        reserved: &BudgetUse,
+    ) -> Result<Plan, Refusal> {
         let claim = claim(Some("a"), None);
         let target = target();
         plan(
@@ -1358,6 +1395,7 @@ mod tests {
                 volume: None,
                 pods,
                 budgets,
+                reserved,
                 target: Some(&target),
                 target_exists: true,
                 class_change: true,
@@ -1403,6 +1441,25 @@ mod tests {
         assert_eq!(plan.evict.len(), 3);
         let plan = plan_with_budgets(&pods, &[budget("db", "db", 0, (1, 1))]).unwrap();
         assert_eq!(plan.evict.len(), 3, "a budget of other pods does not apply");
+    }
+
+    #[test]
+    fn disruptions_planned_by_other_claims_of_the_run_count() {
+        let pods = [ready(
+            pod("web-0", Some("n"), "data"),
+            &[("app", "web")],
+            true,
+        )];
+        let budgets = [budget("web", "web", 1, (3, 2))];
+        let plan = plan_with_budgets(&pods, &budgets).unwrap();
+        assert_eq!(plan.budget_use, BudgetUse::from([("web".to_owned(), 1)]));
+        let refusal = plan_reserved(&pods, &budgets, &plan.budget_use).unwrap_err();
+        assert!(
+            refusal
+                .to_string()
+                .starts_with("PodDisruptionBudget web allows 0 disruption(s)"),
+            "{refusal}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! write of the plan as a dry run (the pre-flight), then commit. A refusal or a denial before the
 //! commit changes nothing.
 
+use std::sync::Mutex;
+
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
@@ -12,7 +14,9 @@ use tracing::{info, warn};
 use crate::api::Cluster;
 use crate::class::Target;
 use crate::config::{InUsePolicy, Policies};
-use crate::decision::{self, Facts, Leftover, Nothing, Plan, Triage, VolumeStep};
+use crate::decision::{
+    self, BudgetUse, Facts, Leftover, Nothing, Plan, Refusal, Triage, VolumeStep,
+};
 use crate::error::{Error, ExitStatus, Request, Stop};
 use crate::eviction;
 use crate::execute::{self, Mode};
@@ -58,6 +62,9 @@ pub struct Context {
     pods: OnceCell<Vec<Pod>>,
     budgets: OnceCell<Vec<PodDisruptionBudget>>,
     marked: OnceCell<Vec<PersistentVolume>>,
+    /// Budget disruptions that the plans of the run's claims use, so that claims whose pods
+    /// share a budget are judged together.
+    budget_use: Mutex<BudgetUse>,
 }
 
 impl Context {
@@ -79,6 +86,7 @@ impl Context {
             pods: OnceCell::new(),
             budgets: OnceCell::new(),
             marked: OnceCell::new(),
+            budget_use: Mutex::new(BudgetUse::new()),
         }
     }
 
@@ -164,39 +172,119 @@ impl Context {
     }
 }
 
-/// Handles one claim from first read to summary; never fails, the outcome carries the error.
-pub async fn migrate(ctx: &Context, name: &str) -> Outcome {
-    let key = format!("{}/{}", ctx.cluster.namespace, name);
-    let mut report = Report::default();
-    let result = tokio::select! {
-        result = handle(ctx, name, &mut report) => result,
-        stop = ctx.stop.stopped() => Err(Error::Stopped(stop)),
-    };
-    if matches!(result, Err(Error::Stopped(_))) {
-        report.stopped();
-    }
-    let outcome = match result {
-        Ok((ending, detail)) => {
-            report.finish(key.clone(), ExitStatus::Ok, ending, Some(detail), None)
-        }
-        Err(error) => {
-            let (status, ending) = match &error {
-                _ if report.changed() => (ExitStatus::PartWay, Ending::PartWay),
-                Error::Refused(_) => (ExitStatus::Refused, Ending::Refused),
-                other => (other.exit_status(), Ending::Failed),
-            };
-            report.finish(key.clone(), status, ending, None, Some(error.to_string()))
-        }
-    };
-    let line = outcome.line();
-    match outcome.status {
-        ExitStatus::Ok => info!(claim = %key, "{line}"),
-        _ => tracing::error!(claim = %key, "{line}"),
-    }
-    outcome
+/// A claim after its first two phases: read and planned, its pre-flight passed.
+pub enum Prepared {
+    /// Nothing left to do (nothing needed, or a dry run): how it ended.
+    Ended(Ending, String),
+    /// Ready to commit this plan.
+    Plan(Box<Plan>, String),
+    /// Ready to finish volumes that an interrupted run marked.
+    Leftovers(Vec<Leftover>, String),
 }
 
-async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<(Ending, String), Error> {
+/// One claim of a run, from its first read to its summary.
+pub struct Claim {
+    pub name: String,
+    pub report: Report,
+    pub state: Result<Prepared, Error>,
+}
+
+impl Claim {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            report: Report::default(),
+            state: Ok(Prepared::Ended(Ending::NothingToDo, String::new())),
+        }
+    }
+
+    /// Whether the pre-flight went through (or there is nothing to do).
+    pub fn ready(&self) -> bool {
+        self.state.is_ok()
+    }
+
+    /// Whether a commit is due.
+    fn due(&self) -> bool {
+        matches!(self.state, Ok(Prepared::Plan(..) | Prepared::Leftovers(..)))
+    }
+
+    /// Held back because another claim of the run could not go through: nothing changed.
+    pub fn hold_back(&mut self, because: &[String]) {
+        if self.due() {
+            self.state = Err(Error::Refused(Refusal::HeldBack {
+                claims: because.to_vec(),
+            }));
+        }
+    }
+
+    /// The summary.
+    pub fn outcome(mut self, namespace: &str) -> Outcome {
+        let key = format!("{namespace}/{}", self.name);
+        if matches!(self.state, Err(Error::Stopped(_))) {
+            self.report.stopped();
+        }
+        let report = self.report;
+        let outcome = match self.state {
+            Ok(Prepared::Ended(ending, detail)) => {
+                report.finish(key.clone(), ExitStatus::Ok, ending, Some(detail), None)
+            }
+            Ok(Prepared::Plan(..) | Prepared::Leftovers(..)) => {
+                unreachable!("a claim is summed up once committed or held back")
+            }
+            Err(error) => {
+                let (status, ending) = match &error {
+                    _ if report.changed() => (ExitStatus::PartWay, Ending::PartWay),
+                    Error::Refused(_) => (ExitStatus::Refused, Ending::Refused),
+                    other => (other.exit_status(), Ending::Failed),
+                };
+                report.finish(key.clone(), status, ending, None, Some(error.to_string()))
+            }
+        };
+        let line = outcome.line();
+        match outcome.status {
+            ExitStatus::Ok => info!(claim = %key, "{line}"),
+            _ => tracing::error!(claim = %key, "{line}"),
+        }
+        outcome
+    }
+}
+
+/// Phases one and two: read, plan, pre-flight (a dry run ends here).
+pub async fn prepare(ctx: &Context, claim: &mut Claim) {
+    claim.state = tokio::select! {
+        state = handle(ctx, &claim.name, &mut claim.report) => state,
+        stop = ctx.stop.stopped() => Err(Error::Stopped(stop)),
+    };
+}
+
+/// Phase three: commit what the pre-flight passed.
+pub async fn commit(ctx: &Context, claim: &mut Claim) {
+    let state = std::mem::replace(
+        &mut claim.state,
+        Ok(Prepared::Ended(Ending::NothingToDo, String::new())),
+    );
+    let report = &mut claim.report;
+    let cluster = &ctx.cluster;
+    let work = async {
+        match state? {
+            Prepared::Plan(plan, detail) => {
+                execute::execute(cluster, &plan, ctx.policies, Mode::Commit, report).await?;
+                Ok(Prepared::Ended(Ending::Migrated, detail))
+            }
+            Prepared::Leftovers(leftovers, detail) => {
+                execute::finish_leftovers(cluster, &leftovers, Mode::Commit, report).await?;
+                Ok(Prepared::Ended(Ending::Finished, detail))
+            }
+            ended => Ok(ended),
+        }
+    };
+    claim.state = tokio::select! {
+        state = work => state,
+        stop = ctx.stop.stopped() => Err(Error::Stopped(stop)),
+    };
+}
+
+async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepared, Error> {
     let cluster = &ctx.cluster;
     let claim = cluster
         .fetch(cluster.claim_request("get", name), || {
@@ -255,16 +343,25 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<(Endin
     } else {
         &[]
     };
-    let facts = Facts {
-        claim: &claim,
-        volume: volume.as_ref(),
-        pods,
-        budgets,
-        target,
-        target_exists,
-        class_change,
+    let plan = {
+        // Planned and reserved at once: no other claim of the run plans in between.
+        let mut reserved = ctx.budget_use.lock().expect("no panic while planning");
+        let facts = Facts {
+            claim: &claim,
+            volume: volume.as_ref(),
+            pods,
+            budgets,
+            reserved: &reserved,
+            target,
+            target_exists,
+            class_change,
+        };
+        let plan = decision::plan(facts, ctx.policies).map_err(Error::Refused)?;
+        for (budget, used) in &plan.budget_use {
+            *reserved.entry(budget.clone()).or_default() += used;
+        }
+        plan
     };
-    let plan = decision::plan(facts, ctx.policies).map_err(Error::Refused)?;
     describe(&plan, report);
     info!(to = ?target.map(ToString::to_string), "claim needs migrating: found {}", report.found_line());
     tracing::debug!(?plan);
@@ -275,11 +372,10 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<(Endin
     };
     if ctx.dry_run {
         execute::execute(cluster, &plan, ctx.policies, Mode::Preflight, report).await?;
-        return Ok((Ending::DryRun, detail));
+        return Ok(Prepared::Ended(Ending::DryRun, detail));
     }
     preflight(ctx, &plan).await?;
-    execute::execute(cluster, &plan, ctx.policies, Mode::Commit, report).await?;
-    Ok((Ending::Migrated, detail))
+    Ok(Prepared::Plan(Box::new(plan), detail))
 }
 
 /// Every write of the plan as a dry run, into a report of its own: the real one lists only
@@ -306,7 +402,7 @@ async fn leftovers(
     current_uid: Option<String>,
     reason: Nothing,
     report: &mut Report,
-) -> Result<(Ending, String), Error> {
+) -> Result<Prepared, Error> {
     let leftovers: Vec<Leftover> = ctx
         .leftovers(Some(name))
         .await?
@@ -314,7 +410,7 @@ async fn leftovers(
         .filter(|l| current_uid.as_deref() != Some(l.volume.claim_uid.as_str()))
         .collect();
     if leftovers.is_empty() {
-        return Ok((Ending::NothingToDo, reason.to_string()));
+        return Ok(Prepared::Ended(Ending::NothingToDo, reason.to_string()));
     }
     if reason == Nothing::Absent {
         report.found(Kind::ClaimAbsent, None, reason.to_string());
@@ -333,12 +429,11 @@ async fn leftovers(
     let detail = format!("marked volumes of {}/{name}", ctx.cluster.namespace);
     if ctx.dry_run {
         execute::finish_leftovers(&ctx.cluster, &leftovers, Mode::Preflight, report).await?;
-        return Ok((Ending::DryRun, detail));
+        return Ok(Prepared::Ended(Ending::DryRun, detail));
     }
     let mut scratch = Report::default();
     execute::finish_leftovers(&ctx.cluster, &leftovers, Mode::Preflight, &mut scratch).await?;
-    execute::finish_leftovers(&ctx.cluster, &leftovers, Mode::Commit, report).await?;
-    Ok((Ending::Finished, detail))
+    Ok(Prepared::Leftovers(leftovers, detail))
 }
 
 fn describe(plan: &Plan, report: &mut Report) {

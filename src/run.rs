@@ -10,7 +10,7 @@ use crate::api::Cluster;
 use crate::config::Config;
 use crate::decision;
 use crate::error::{Error, Request};
-use crate::migrate::{self, Context, Stopper};
+use crate::migrate::{self, Claim, Context, Stopper};
 use crate::summary::Outcome;
 
 /// Runs every claim of `config`; an error here means no claim was touched. `signal` carries the
@@ -54,11 +54,27 @@ pub async fn run(
     info!(%namespace, claims = %names.join(","), desired = ?ctx.target, dry_run = ctx.dry_run, concurrency = config.concurrency, "start");
     ctx.claims = names.clone();
     let ctx = &ctx;
-    Ok(futures::stream::iter(names.iter())
-        .map(|name| migrate::migrate(ctx, name))
-        .buffered(config.concurrency)
-        .collect()
-        .await)
+    let mut claims: Vec<Claim> = names.iter().map(|n| Claim::new(n)).collect();
+    // Every claim is read, planned and pre-flighted before any is committed: a run changes
+    // nothing unless every claim can go through.
+    futures::stream::iter(claims.iter_mut())
+        .for_each_concurrent(config.concurrency, |claim| migrate::prepare(ctx, claim))
+        .await;
+    let blocked: Vec<String> = claims
+        .iter()
+        .filter(|c| !c.ready())
+        .map(|c| c.name.clone())
+        .collect();
+    if blocked.is_empty() {
+        futures::stream::iter(claims.iter_mut())
+            .for_each_concurrent(config.concurrency, |claim| migrate::commit(ctx, claim))
+            .await;
+    } else {
+        for claim in &mut claims {
+            claim.hold_back(&blocked);
+        }
+    }
+    Ok(claims.into_iter().map(|c| c.outcome(&namespace)).collect())
 }
 
 /// The names given, then the release's own claims that the selector picks, then (in a run that

@@ -103,15 +103,16 @@ async fn run_against(args: &[&str], expects: Vec<Expect>) -> Vec<Outcome> {
             panic!("unexpected request {} {}", request.method(), request.uri());
         }
     });
-    let argv = [
+    let mut argv = vec![
         "storageclass-migrate",
         "--namespace",
         "apps",
-        "--pvc",
-        "data",
         "--timeout",
         "5s",
     ];
+    if !args.contains(&"--pvc") {
+        argv.extend(["--pvc", "data"]);
+    }
     let config = Args::try_parse_from(argv.iter().chain(args))
         .unwrap()
         .config()
@@ -761,4 +762,59 @@ async fn pods_are_listed_page_by_page() {
         "{}",
         line(&outcomes)
     );
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_go_through_holds_back_the_others() {
+    let other = |class: &str| {
+        let mut c = claim(class, None, &[]);
+        c["metadata"]["name"] = json!("logs");
+        c["metadata"]["uid"] = json!("logs-uid");
+        c
+    };
+    let mut user = pod("web-0");
+    user["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = json!("logs");
+    let logs = "/api/v1/namespaces/apps/persistentvolumeclaims/logs";
+    let outcomes = run_against(
+        &[
+            "--pvc",
+            "data,logs",
+            "--storage-class",
+            "b",
+            "--in-use",
+            "fail",
+            "--concurrency",
+            "1",
+        ],
+        vec![
+            expect("GET", CLAIM, 200, claim("a", None, &[])),
+            class_b(),
+            pods(vec![user]),
+            delete_claim(true, claim("a", None, &[])),
+            expect("GET", logs, 200, other("a")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        outcomes[1].status,
+        ExitStatus::Refused,
+        "{}",
+        outcomes[1].line()
+    );
+    assert_eq!(
+        outcomes[0].status,
+        ExitStatus::Refused,
+        "{}",
+        outcomes[0].line()
+    );
+    assert!(
+        outcomes[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("held back: logs"),
+        "{}",
+        outcomes[0].line()
+    );
+    assert!(!outcomes[0].changed && !outcomes[1].changed);
 }
