@@ -7,11 +7,14 @@
 use std::future::Future;
 use std::time::Duration;
 
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::serde::de::DeserializeOwned;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 use tokio::time::{Instant, sleep_until, timeout_at};
@@ -40,6 +43,7 @@ pub struct Cluster {
     pub budgets: Api<PodDisruptionBudget>,
     pub classes: Api<StorageClass>,
     pub namespaces: Api<Namespace>,
+    pub reviews: Api<SelfSubjectAccessReview>,
     pub namespace: String,
     /// Longest wait for a step, and for a request with its retries.
     pub timeout: Duration,
@@ -54,7 +58,8 @@ impl Cluster {
             evictions: Api::namespaced(evictions, &namespace),
             budgets: Api::namespaced(client.clone(), &namespace),
             classes: Api::all(client.clone()),
-            namespaces: Api::all(client),
+            namespaces: Api::all(client.clone()),
+            reviews: Api::all(client),
             namespace,
             timeout,
         }
@@ -109,6 +114,54 @@ impl Cluster {
                 _ => return Ok(kept),
             }
         }
+    }
+
+    /// Whether the API allows this request, asked before any change for what a dry run cannot
+    /// show (the lists and watches of the waits). An answer that cannot be had is taken as yes:
+    /// the request itself will then say.
+    pub async fn allowed(&self, request: &Request) -> Result<bool, Error> {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(request.verb.to_owned()),
+                    resource: Some(request.resource.to_owned()),
+                    namespace: request.namespace.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let ask = Request::new("create", "selfsubjectaccessreviews");
+        let params = PostParams::default();
+        match self
+            .send(&ask, || self.reviews.create(&params, &review))
+            .await?
+        {
+            Ok(answer) => Ok(answer.status.is_none_or(|s| s.allowed)),
+            Err(error) => {
+                tracing::debug!(%request, error = %describe_kube_error(&error), "cannot ask whether the request is allowed");
+                Ok(true)
+            }
+        }
+    }
+
+    /// Fails, as a 403 would, unless every request is allowed.
+    pub async fn require(&self, requests: Vec<Request>, why: &str) -> Result<(), Error> {
+        for request in requests {
+            if !self.allowed(&request).await? {
+                return Err(Error::Api {
+                    request,
+                    source: Box::new(kube::Error::Api(Box::new(kube::core::Status {
+                        code: 403,
+                        reason: "Forbidden".into(),
+                        message: format!("not allowed ({why}; asked before any change)"),
+                        ..Default::default()
+                    }))),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn claim_request(&self, verb: &'static str, name: &str) -> Request {

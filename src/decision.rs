@@ -463,6 +463,11 @@ impl VolumePlan {
         )
     }
 
+    /// Whether the run waits for the volume to go.
+    pub fn waited(&self) -> bool {
+        !matches!(self.action, VolumeAction::Keep | VolumeAction::Recycle)
+    }
+
     /// Whether `volume`, read again, is still the one planned for: same uid, and its claimRef
     /// still names the claim read then. Checked before every write to a volume.
     pub fn still_ours(&self, volume: &PersistentVolume, namespace: &str, claim: &str) -> bool {

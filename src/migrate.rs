@@ -65,6 +65,9 @@ pub struct Context {
     /// Budget disruptions that the plans of the run's claims use, so that claims whose pods
     /// share a budget are judged together.
     budget_use: Mutex<BudgetUse>,
+    /// Whether the waits' lists and watches are allowed, asked once per run.
+    claim_waits: OnceCell<()>,
+    volume_waits: OnceCell<()>,
 }
 
 impl Context {
@@ -87,6 +90,8 @@ impl Context {
             budgets: OnceCell::new(),
             marked: OnceCell::new(),
             budget_use: Mutex::new(BudgetUse::new()),
+            claim_waits: OnceCell::new(),
+            volume_waits: OnceCell::new(),
         }
     }
 
@@ -371,6 +376,7 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
         _ => "the claim being deleted waited out".to_owned(),
     };
     if ctx.dry_run {
+        check_waits(ctx, &plan).await?;
         execute::execute(cluster, &plan, ctx.policies, Mode::Preflight, report).await?;
         return Ok(Prepared::Ended(Ending::DryRun, detail));
     }
@@ -381,6 +387,7 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
 /// Every write of the plan as a dry run, into a report of its own: the real one lists only
 /// what was done.
 async fn preflight(ctx: &Context, plan: &Plan) -> Result<(), Error> {
+    check_waits(ctx, plan).await?;
     let mut scratch = Report::default();
     execute::execute(
         &ctx.cluster,
@@ -391,6 +398,38 @@ async fn preflight(ctx: &Context, plan: &Plan) -> Result<(), Error> {
     )
     .await?;
     info!(claim = %plan.claim, "pre-flight passed: every write of the plan was accepted as a dry run");
+    Ok(())
+}
+
+/// The lists and watches that the commit's waits need: asked once per run, before any change.
+async fn check_waits(ctx: &Context, plan: &Plan) -> Result<(), Error> {
+    let cluster = &ctx.cluster;
+    let why = "the run waits by watching; a dry run cannot show that right";
+    ctx.claim_waits
+        .get_or_try_init(|| {
+            let namespace = &cluster.namespace;
+            cluster.require(
+                vec![
+                    Request::new("list", "persistentvolumeclaims").namespace(namespace),
+                    Request::new("watch", "persistentvolumeclaims").namespace(namespace),
+                ],
+                why,
+            )
+        })
+        .await?;
+    if plan.volume.plan().is_some_and(|v| v.waited()) {
+        ctx.volume_waits
+            .get_or_try_init(|| {
+                cluster.require(
+                    vec![
+                        Request::new("list", "persistentvolumes"),
+                        Request::new("watch", "persistentvolumes"),
+                    ],
+                    why,
+                )
+            })
+            .await?;
+    }
     Ok(())
 }
 

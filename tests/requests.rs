@@ -223,6 +223,38 @@ fn patch_volume(read: &Value, dry_run: bool, body: Value) -> [Expect; 2] {
     ]
 }
 
+/// The requests of each part, in order.
+fn seq(parts: Vec<Vec<Expect>>) -> Vec<Expect> {
+    parts.into_iter().flatten().collect()
+}
+
+/// The access reviews of the waits' lists and watches: claims, then (`volumes`) volumes.
+fn waits(volumes: bool) -> Vec<Expect> {
+    let review = |verb: &str, resource: &str, namespace: Option<&str>| {
+        let mut attributes = json!({"verb": verb, "resource": resource});
+        if let Some(namespace) = namespace {
+            attributes["namespace"] = json!(namespace);
+        }
+        expect(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews?",
+            201,
+            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes}, "status": {"allowed": true}}),
+        )
+        .body(json!({"spec": {"resourceAttributes": attributes}}))
+    };
+    let mut expects = vec![
+        review("list", "persistentvolumeclaims", Some("apps")),
+        review("watch", "persistentvolumeclaims", Some("apps")),
+    ];
+    if volumes {
+        expects.push(review("list", "persistentvolumes", None));
+        expects.push(review("watch", "persistentvolumes", None));
+    }
+    expects
+}
+
 fn mark_body() -> Value {
     json!({"metadata": {"resourceVersion": "3", "annotations": {MARK: "apps/data/claim-uid"}}})
 }
@@ -322,7 +354,8 @@ async fn retained_volume_deleted_on_request_is_switched_to_delete_after_a_prefli
         expect("GET", VOLUME, 200, pv.clone()),
         pods(vec![]),
     ];
-    // The pre-flight: every write as a dry run.
+    // The pre-flight: the waits' rights, then every write as a dry run.
+    expects.extend(waits(true));
     expects.extend(patch_volume(&pv, true, mark_body()));
     expects.push(delete_claim(true, claim_read.clone()));
     expects.extend(patch_volume(&pv, true, reclaim.clone()));
@@ -360,11 +393,16 @@ async fn retained_volume_is_kept_and_named() {
             class_b(),
             expect("GET", VOLUME, 200, volume("Retain", &[])),
             pods(vec![]),
+        ]
+        .into_iter()
+        .chain(waits(false))
+        .chain([
             delete_claim(true, claim("a", Some("pv-1"), &[])),
             delete_claim(false, deleting(claim("a", Some("pv-1"), &[]))),
             pods(vec![]),
             claim_gone(),
-        ],
+        ])
+        .collect(),
     )
     .await;
     assert_eq!(kinds(&outcomes[0].left), [Kind::VolumeKept]);
@@ -392,6 +430,7 @@ async fn dry_run_sends_every_write_with_dry_run_all_and_nothing_else() {
             list("PodDisruptionBudgetList", vec![]),
         ),
     ];
+    expects.extend(waits(true));
     expects.extend(patch_volume(&pv, true, mark_body()));
     expects.push(delete_claim(true, claim("a", Some("pv-1"), &[])));
     expects.push(evict("web-0", true));
@@ -423,22 +462,28 @@ async fn force_strips_pvc_protection_with_a_resource_version_merge_patch_and_ret
         |rv: &str| json!({"metadata": {"finalizers": ["example.com/keep"], "resourceVersion": rv}});
     let outcomes = run_against(
         &["--storage-class", "b", "--in-use", "force"],
-        vec![
-            expect("GET", CLAIM, 200, read.clone()),
-            class_b(),
-            pods(vec![pod("web-0")]),
-            delete_claim(true, read.clone()),
-            expect("GET", CLAIM, 200, read.clone()),
-            expect("PATCH", &format!("{CLAIM}?&dryRun=All"), 200, read.clone()).body(patch("7")),
-            delete_claim(false, deleted.clone()),
-            expect("GET", CLAIM, 200, deleted.clone()),
-            expect("PATCH", &format!("{CLAIM}?"), 409, status(409, "Conflict"))
-                .body(patch("8"))
-                .content_type("application/merge-patch+json"),
-            expect("GET", CLAIM, 200, deleted.clone()),
-            expect("PATCH", &format!("{CLAIM}?"), 200, deleted.clone()).body(patch("8")),
-            claim_gone(),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, read.clone()),
+                class_b(),
+                pods(vec![pod("web-0")]),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, read.clone()),
+                expect("GET", CLAIM, 200, read.clone()),
+                expect("PATCH", &format!("{CLAIM}?&dryRun=All"), 200, read.clone())
+                    .body(patch("7")),
+                delete_claim(false, deleted.clone()),
+                expect("GET", CLAIM, 200, deleted.clone()),
+                expect("PATCH", &format!("{CLAIM}?"), 409, status(409, "Conflict"))
+                    .body(patch("8"))
+                    .content_type("application/merge-patch+json"),
+                expect("GET", CLAIM, 200, deleted.clone()),
+                expect("PATCH", &format!("{CLAIM}?"), 200, deleted.clone()).body(patch("8")),
+                claim_gone(),
+            ],
+        ]),
     )
     .await;
     assert_eq!(outcomes[0].status, ExitStatus::Ok, "{}", line(&outcomes));
@@ -456,25 +501,30 @@ async fn evict_deletes_the_claim_first_then_evicts_the_pods_listed_again() {
     let read = claim("a", None, &["kubernetes.io/pvc-protection"]);
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![
-            expect("GET", CLAIM, 200, read.clone()),
-            class_b(),
-            pods(vec![pod("web-0")]),
-            expect(
-                "GET",
-                "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
-                200,
-                list("PodDisruptionBudgetList", vec![]),
-            ),
-            delete_claim(true, read.clone()),
-            evict("web-0", true),
-            delete_claim(false, deleting(read)),
-            // A pod scheduled after the first list is evicted too.
-            pods(vec![pod("web-0"), pod("web-1")]),
-            evict("web-0", false),
-            evict("web-1", false),
-            claim_gone(),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, read.clone()),
+                class_b(),
+                pods(vec![pod("web-0")]),
+                expect(
+                    "GET",
+                    "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
+                    200,
+                    list("PodDisruptionBudgetList", vec![]),
+                ),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, read.clone()),
+                evict("web-0", true),
+                delete_claim(false, deleting(read)),
+                // A pod scheduled after the first list is evicted too.
+                pods(vec![pod("web-0"), pod("web-1")]),
+                evict("web-0", false),
+                evict("web-1", false),
+                claim_gone(),
+            ],
+        ]),
     )
     .await;
     assert_eq!(
@@ -496,25 +546,30 @@ async fn a_budget_refusing_the_dry_run_eviction_changes_nothing() {
         "details": {"causes": [{"reason": "DisruptionBudget", "message": "The disruption budget web needs 1 healthy pods and has 1 currently"}]}});
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![
-            expect("GET", CLAIM, 200, read.clone()),
-            class_b(),
-            pods(vec![pod("web-0")]),
-            expect(
-                "GET",
-                "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
-                200,
-                list("PodDisruptionBudgetList", vec![]),
-            ),
-            delete_claim(true, read),
-            // Answered once: a budget's 429 is never retried.
-            expect(
-                "POST",
-                "/api/v1/namespaces/apps/pods/web-0/eviction?&dryRun=All",
-                429,
-                refused,
-            ),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, read.clone()),
+                class_b(),
+                pods(vec![pod("web-0")]),
+                expect(
+                    "GET",
+                    "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
+                    200,
+                    list("PodDisruptionBudgetList", vec![]),
+                ),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, read),
+                // Answered once: a budget's 429 is never retried.
+                expect(
+                    "POST",
+                    "/api/v1/namespaces/apps/pods/web-0/eviction?&dryRun=All",
+                    429,
+                    refused,
+                ),
+            ],
+        ]),
     )
     .await;
     assert_eq!(outcomes[0].status, ExitStatus::Refused);
@@ -527,12 +582,20 @@ async fn a_budget_refusing_the_dry_run_eviction_changes_nothing() {
 async fn replaced_claim_is_refused_on_uid_precondition() {
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![
-            expect("GET", CLAIM, 200, claim("a", None, &[])),
-            class_b(),
-            pods(vec![]),
-            expect("DELETE", &format!("{CLAIM}?"), 409, status(409, "Conflict")),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![]),
+            ],
+            waits(false),
+            vec![expect(
+                "DELETE",
+                &format!("{CLAIM}?"),
+                409,
+                status(409, "Conflict"),
+            )],
+        ]),
     )
     .await;
     assert_eq!(outcomes[0].status, ExitStatus::Refused);
@@ -556,12 +619,18 @@ async fn forbidden_in_the_preflight_names_the_verb_and_resource_and_changes_noth
         "message": "persistentvolumeclaims \"data\" is forbidden: User \"system:serviceaccount:apps:hook\" cannot delete resource \"persistentvolumeclaims\" in API group \"\" in the namespace \"apps\""});
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![
-            expect("GET", CLAIM, 200, claim("a", None, &[])),
-            class_b(),
-            pods(vec![]),
-            expect("DELETE", &format!("{CLAIM}?"), 403, forbidden).body(json!({"dryRun": ["All"]})),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![]),
+            ],
+            waits(false),
+            vec![
+                expect("DELETE", &format!("{CLAIM}?"), 403, forbidden)
+                    .body(json!({"dryRun": ["All"]})),
+            ],
+        ]),
     )
     .await;
     assert_eq!(outcomes[0].status, ExitStatus::Api);
@@ -580,12 +649,15 @@ async fn an_admission_rejection_in_the_preflight_is_a_refusal() {
     let invalid = status(422, "Invalid");
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![
-            expect("GET", CLAIM, 200, claim("a", None, &[])),
-            class_b(),
-            pods(vec![]),
-            expect("DELETE", &format!("{CLAIM}?"), 422, invalid),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![]),
+            ],
+            waits(false),
+            vec![expect("DELETE", &format!("{CLAIM}?"), 422, invalid)],
+        ]),
     )
     .await;
     assert_eq!(outcomes[0].status, ExitStatus::Refused);
@@ -597,14 +669,19 @@ async fn a_failure_after_the_claim_delete_is_part_way() {
     let read = claim("a", None, &[]);
     let outcomes = run_against(
         &["--storage-class", "b", "--in-use", "fail"],
-        vec![
-            expect("GET", CLAIM, 200, read.clone()),
-            class_b(),
-            pods(vec![]),
-            delete_claim(true, read.clone()),
-            delete_claim(false, deleting(read)),
-            expect("GET", CLAIM_WATCH, 403, status(403, "Forbidden")),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, read.clone()),
+                class_b(),
+                pods(vec![]),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, read.clone()),
+                delete_claim(false, deleting(read)),
+                expect("GET", CLAIM_WATCH, 403, status(403, "Forbidden")),
+            ],
+        ]),
     )
     .await;
     assert_eq!(outcomes[0].status, ExitStatus::PartWay);
@@ -786,13 +863,18 @@ async fn a_claim_that_cannot_go_through_holds_back_the_others() {
             "--concurrency",
             "1",
         ],
-        vec![
-            expect("GET", CLAIM, 200, claim("a", None, &[])),
-            class_b(),
-            pods(vec![user]),
-            delete_claim(true, claim("a", None, &[])),
-            expect("GET", logs, 200, other("a")),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![user]),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, claim("a", None, &[])),
+                expect("GET", logs, 200, other("a")),
+            ],
+        ]),
     )
     .await;
     assert_eq!(
@@ -817,4 +899,32 @@ async fn a_claim_that_cannot_go_through_holds_back_the_others() {
         outcomes[0].line()
     );
     assert!(!outcomes[0].changed && !outcomes[1].changed);
+}
+
+#[tokio::test]
+async fn a_wait_that_would_be_forbidden_stops_the_run_before_any_change() {
+    let denied = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {}, "status": {"allowed": false}});
+    let mut reviews = waits(false);
+    reviews[1].status = 201;
+    reviews[1].response = denied;
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![]),
+            ],
+            reviews,
+        ]),
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Api);
+    assert!(!outcomes[0].changed);
+    let error = outcomes[0].error.as_deref().unwrap();
+    assert!(
+        error.starts_with("watch persistentvolumeclaims in namespace \"apps\": HTTP 403"),
+        "{error}"
+    );
 }
