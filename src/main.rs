@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use storageclass_migrate::config::SummaryFormat;
+use storageclass_migrate::config::{LogFormat, SummaryFormat};
 use storageclass_migrate::{Args, Error, ExitStatus, client, run, summary, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -23,7 +23,6 @@ async fn main() -> ExitCode {
         Err(error) => {
             let line = format!("error: {}", error.to_string().replace('\n', " "));
             tracing::error!(exit_status = error.exit_status().code(), "{line}");
-            println!("{line}");
             summary::write_termination_log(&args.termination_log, &[line]);
             error.exit_status()
         }
@@ -82,7 +81,24 @@ fn report_panics(args: &Args) {
     }));
 }
 
-/// A usage error on one line, exit status 2.
+/// The log format of the command line or `LOG_FORMAT`, read without the parser that failed.
+fn requested_log_format() -> LogFormat {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, arg)| match arg.as_str() {
+            "--log-format" => args.get(i + 1).cloned(),
+            _ => arg.strip_prefix("--log-format=").map(str::to_owned),
+        });
+    match flag.or_else(|| std::env::var("LOG_FORMAT").ok()).as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+/// A usage error on one line, exit status 2, logged in the format asked for (a usage error may be
+/// in another argument than `--log-format`).
 fn fail_input(error: &clap::Error) -> ExitCode {
     let rendered = error.render().to_string();
     let line = rendered
@@ -93,7 +109,8 @@ fn fail_input(error: &clap::Error) -> ExitCode {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    eprintln!("{line}");
+    telemetry::init(requested_log_format());
+    tracing::error!(exit_status = ExitStatus::BadInput.code(), "{line}");
     let termination_log =
         std::env::var_os("TERMINATION_LOG").unwrap_or_else(|| "/dev/termination-log".into());
     summary::write_termination_log(std::path::Path::new(&termination_log), &[line]);
