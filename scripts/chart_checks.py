@@ -27,6 +27,8 @@ RULES = json.load(open(os.path.join(LIBRARY, "rbac-rules.json")))
 HOOK_KINDS = ["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding", "Job"]
 RBAC_KINDS = HOOK_KINDS[:-1]
 SECRET_LIKE = re.compile(r"token|password", re.I)
+# Seconds between the binary's DEADLINE and the Job's activeDeadlineSeconds.
+DEADLINE_MARGIN = 15
 
 
 class CheckFailed(Exception):
@@ -104,16 +106,25 @@ def env_of(job):
     return {e["name"]: e.get("value") for e in container(job).get("env", [])}
 
 
-def expected_rules(section, in_use="evict", write_volumes=False, claims=None, selector="",
+WHEN = ("always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers")
+
+
+def rule_on(when, in_use="evict", retained=False, strip=False):
+    """Whether a rule of rbac-rules.json applies to a setting; the templates' table, written again."""
+    expect(when in WHEN, f"rbac-rules.json: unknown when {when!r}")
+    return {"always": True,
+            "inUseEvict": in_use == "evict",
+            "patchClaims": in_use == "force" or strip,
+            "writeVolumes": retained or strip,
+            "stripAllFinalizers": strip}[when]
+
+
+def expected_rules(section, in_use="evict", retained=False, strip=False, claims=None, selector="",
                    namespace="apps"):
     """The rules of rbac-rules.json for a setting, computed here independently of the templates."""
     rules = []
     for rule in RULES[section]:
-        when = rule["when"]
-        expect(when in ("always", "inUseEvict", "writeVolumes"), f"rbac-rules.json: unknown when {when!r}")
-        on = (when == "always" or (when == "inUseEvict" and in_use == "evict")
-              or (when == "writeVolumes" and write_volumes))
-        if not on:
+        if not rule_on(rule["when"], in_use, retained, strip):
             continue
         out = {k: rule[k] for k in ("apiGroups", "resources", "verbs")}
         if rule.get("limitToClaimNames") and claims and not selector:
@@ -122,6 +133,49 @@ def expected_rules(section, in_use="evict", write_volumes=False, claims=None, se
             out["resourceNames"] = [namespace]
         rules.append(out)
     return rules
+
+
+# What the binary sends, by setting (src/claim.rs, src/volume.rs, src/eviction.rs, src/migrate.rs,
+# src/run.rs), as (API group, resource) -> verbs; written from the binary, not from
+# rbac-rules.json. Every list also stands for the list that starts each watch (a watch of one
+# object by a metadata.name field selector lists it first), hence list with watch.
+def needed_verbs(in_use="evict", retained=False, strip=False):
+    need = {
+        ("", "persistentvolumeclaims"): {"get", "list", "watch", "delete"},
+        ("", "pods"): {"list"},
+        ("storage.k8s.io", "storageclasses"): {"get"},
+        ("", "namespaces"): {"get"},
+        ("", "persistentvolumes"): {"get", "list", "watch"},
+    }
+    if in_use == "force" or strip:
+        need[("", "persistentvolumeclaims")].add("patch")  # finalizers of the claim
+    if in_use == "evict":
+        need[("", "pods/eviction")] = {"create"}
+        need[("policy", "poddisruptionbudgets")] = {"list"}
+    if retained or strip:
+        need[("", "persistentvolumes")].add("patch")  # mark, reclaim policy, finalizers
+    if strip:
+        need[("", "persistentvolumes")].add("delete")
+    return need
+
+
+def check_needs(granted, need, what):
+    """The granted verbs are exactly what the binary needs: none missing, none more."""
+    for key in sorted(set(granted) | set(need)):
+        missing = sorted(need.get(key, set()) - granted.get(key, set()))
+        extra = sorted(granted.get(key, set()) - need.get(key, set()))
+        expect(not missing, f"{what}: {key[0] or 'core'}/{key[1]} lacks {missing}, which the binary sends")
+        expect(not extra, f"{what}: {key[0] or 'core'}/{key[1]} grants {extra}, which the binary never sends")
+
+
+def granted_verbs(docs):
+    granted = {}
+    for kind in ("Role", "ClusterRole"):
+        for rule in one(docs, kind)["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
 
 
 def check_rules(docs, **setting):
@@ -174,14 +228,17 @@ def check_hook_structure(docs, release="rel", namespace="apps"):
 
 def check_job(job, service_account):
     spec = job["spec"]
-    expect_eq(spec["backoffLimit"], 0, "Job backoffLimit")
+    # 4 (API error), 5 (timed out) and 6 (part-way) are finished by a rerun: retried twice.
+    expect_eq(spec["backoffLimit"], 2, "Job backoffLimit")
     deadline = spec["activeDeadlineSeconds"]
     expect(isinstance(deadline, int) and 0 < deadline < 300,
            f"activeDeadlineSeconds {deadline} must be below helm's default --timeout 300s")
     expect(isinstance(spec.get("ttlSecondsAfterFinished"), int), "ttlSecondsAfterFinished set")
+    # 1 (internal error), 2 (bad input), 3 (refused for safety) fail at once; 4, 5 and 6 are
+    # counted against backoffLimit (no rule); a disrupted pod is run again without counting.
     expect_eq(spec["podFailurePolicy"], {"rules": [
         {"action": "FailJob", "onExitCodes": {"containerName": "migrate", "operator": "In",
-                                               "values": [2, 3]}},
+                                               "values": [1, 2, 3]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
     ]}, "podFailurePolicy")
     pod = spec["template"]["spec"]
@@ -202,11 +259,17 @@ def check_job(job, service_account):
     expect("memory" in r["limits"] and "memory" in r["requests"] and "cpu" in r["requests"],
            f"resources need requests and a memory limit: {r}")
     e = env_of(job)
-    for name in ("PVC_NAMESPACE", "DESIRED_STORAGECLASS", "IN_USE_POLICY", "DELETE_RETAINED_PV",
-                 "STRIP_ALL_FINALIZERS", "DRY_RUN", "WAIT_TIMEOUT", "LOG_FORMAT"):
+    for name in ("PVC_NAMESPACE", "RELEASE_NAME", "DESIRED_STORAGECLASS", "IN_USE_POLICY",
+                 "DELETE_RETAINED_PV", "STRIP_ALL_FINALIZERS", "DRY_RUN", "WAIT_TIMEOUT",
+                 "DEADLINE", "LOG_FORMAT"):
         expect(name in e, f"env {name} missing: {sorted(e)}")
         expect(isinstance(e[name], str), f"env {name} must be a string, is {e[name]!r}")
     expect("PVC_NAME" in e or "PVC_SELECTOR" in e, "env PVC_NAME or PVC_SELECTOR missing")
+    # The run's own deadline ends before the Job's, so that the binary reports first.
+    expect_eq(e["DEADLINE"], f"{deadline - DEADLINE_MARGIN}s",
+              "DEADLINE (activeDeadlineSeconds minus the margin)")
+    expect_eq(e["RELEASE_NAME"], job["metadata"]["labels"]["app.kubernetes.io/instance"],
+              "RELEASE_NAME (the release's name)")
     for name in e:
         expect(not SECRET_LIKE.search(name), f"env {name} looks like a secret")
 
@@ -248,9 +311,12 @@ def defaults(h):
     expect("storageClassName" not in pvc["spec"], "no class: the cluster default")
     job = check_hook_structure(docs)
     expect_eq(env_of(job), {
-        "PVC_NAME": "rel-data", "PVC_NAMESPACE": "apps", "DESIRED_STORAGECLASS": "",
-        "IN_USE_POLICY": "evict", "DELETE_RETAINED_PV": "false", "STRIP_ALL_FINALIZERS": "false",
-        "DRY_RUN": "false", "WAIT_TIMEOUT": "60s", "LOG_FORMAT": "json"}, "env")
+        "PVC_NAME": "rel-data", "RELEASE_NAME": "rel", "PVC_NAMESPACE": "apps",
+        "DESIRED_STORAGECLASS": "", "IN_USE_POLICY": "evict", "DELETE_RETAINED_PV": "false",
+        "STRIP_ALL_FINALIZERS": "false", "DRY_RUN": "false", "WAIT_TIMEOUT": "60s",
+        "DEADLINE": "225s", "LOG_FORMAT": "json"}, "env")
+    expect_eq(job["spec"]["backoffLimit"], 2, "default backoffLimit")
+    expect_eq(job["spec"]["activeDeadlineSeconds"], 240, "default activeDeadlineSeconds")
     weights = {d["kind"]: d["metadata"]["annotations"]["helm.sh/hook-weight"] for d in hook_docs(docs)}
     expect_eq(weights, {"ServiceAccount": "-10", "Role": "-10", "RoleBinding": "-10",
                         "ClusterRole": "-10", "ClusterRoleBinding": "-10", "Job": "-5"}, "weights")
@@ -262,6 +328,10 @@ def defaults(h):
     expect_eq(container(job)["image"], "storageclass-migrate:0.1.0", "image")
     expect_eq(container(job)["imagePullPolicy"], "IfNotPresent", "pullPolicy")
     check_rules(docs, claims=["rel-data"])
+    # No claim patch (finalizers) by default: only inUse=force and stripAllFinalizers strip them.
+    for rule in one(docs, "Role")["rules"]:
+        if "persistentvolumeclaims" in rule["resources"]:
+            expect("patch" not in rule["verbs"], f"default Role may patch claims: {rule}")
     # Nothing may grant writes on volumes, or anything on secrets, by default.
     for rule in one(docs, "ClusterRole")["rules"]:
         if "persistentvolumes" in rule["resources"]:
@@ -280,8 +350,14 @@ def in_use_policies(h):
         check_hook_structure(docs)
         check_rules(docs, in_use=policy, claims=["rel-data"])
         expect_eq(env_of(one(docs, "Job"))["IN_USE_POLICY"], policy, "IN_USE_POLICY")
-        evict = any("pods/eviction" in r["resources"] for r in one(docs, "Role")["rules"])
+        role = one(docs, "Role")["rules"]
+        evict = any("pods/eviction" in r["resources"] for r in role)
         expect_eq(evict, policy == "evict", f"pods/eviction granted with inUse={policy}")
+        budgets = any("poddisruptionbudgets" in r["resources"] for r in role)
+        expect_eq(budgets, policy == "evict", f"poddisruptionbudgets granted with inUse={policy}")
+        patch = any("persistentvolumeclaims" in r["resources"] and "patch" in r["verbs"]
+                    for r in role)
+        expect_eq(patch, policy == "force", f"claim patch granted with inUse={policy}")
 
 
 @check
@@ -291,7 +367,7 @@ def volume_writes_only_with_the_two_flags(h):
             "--set", f"storageclassMigrate.deleteRetainedPV={str(retained).lower()}",
             "--set", f"storageclassMigrate.stripAllFinalizers={str(strip).lower()}"])
         check_hook_structure(docs)
-        check_rules(docs, write_volumes=retained or strip, claims=["rel-data"])
+        check_rules(docs, retained=retained, strip=strip, claims=["rel-data"])
         e = env_of(one(docs, "Job"))
         expect_eq((e["DELETE_RETAINED_PV"], e["STRIP_ALL_FINALIZERS"]),
                   (str(retained).lower(), str(strip).lower()), "flags in env")
@@ -299,8 +375,11 @@ def volume_writes_only_with_the_two_flags(h):
         for rule in one(docs, "ClusterRole")["rules"]:
             if "persistentvolumes" in rule["resources"]:
                 verbs |= set(rule["verbs"])
-        expect_eq({"delete", "patch"} <= verbs, retained or strip,
-                  f"PV delete/patch with deleteRetainedPV={retained} stripAllFinalizers={strip}")
+        expect_eq("patch" in verbs, retained or strip,
+                  f"PV patch with deleteRetainedPV={retained} stripAllFinalizers={strip}")
+        expect_eq("delete" in verbs, strip,
+                  f"PV delete with deleteRetainedPV={retained} stripAllFinalizers={strip} "
+                  "(deleteRetainedPV lets the provisioner delete)")
 
 
 @check
@@ -392,6 +471,7 @@ def scheduling_and_pod_metadata(h):
     expect_eq((e["DRY_RUN"], e["WAIT_TIMEOUT"], e["LOG_FORMAT"], e["RUST_LOG"]),
               ("true", "90s", "text", "debug"), "env from settings")
     expect_eq(job["spec"]["activeDeadlineSeconds"], 200, "activeDeadlineSeconds")
+    expect_eq(e["DEADLINE"], "185s", "DEADLINE: activeDeadlineSeconds minus 15s")
     expect_eq(job["spec"]["ttlSecondsAfterFinished"], 600, "ttlSecondsAfterFinished")
     expect_eq(job["metadata"]["annotations"]["helm.sh/hook-weight"], "3", "Job weight")
     expect_eq(one(docs, "Role")["metadata"]["annotations"]["helm.sh/hook-weight"], "-2", "RBAC weight")
@@ -399,6 +479,25 @@ def scheduling_and_pod_metadata(h):
            "no output-log policy with showLogsOnFailure=false")
     docs = h.template(EXAMPLE, ["--set", "storageclassMigrate.timeout=100"])
     expect_eq(env_of(one(docs, "Job"))["WAIT_TIMEOUT"], "100s", "a number timeout is seconds")
+
+
+@check
+def deadline_fits_the_waits(h):
+    """DEADLINE is activeDeadlineSeconds minus 15s, and must exceed twice the timeout."""
+    for deadline, timeout, rendered in ((240, "112s", "225s"), (136, "60s", "121s"),
+                                        (136, 60, "121s"), (16, "1ms", "1s"),
+                                        (290, "2m10s", "275s")):
+        docs = h.template(EXAMPLE, [
+            "--set", f"storageclassMigrate.activeDeadlineSeconds={deadline}",
+            "--set", f"storageclassMigrate.timeout={timeout}"])
+        job = check_hook_structure(docs)
+        expect_eq(env_of(job)["DEADLINE"], rendered,
+                  f"DEADLINE for activeDeadlineSeconds={deadline} timeout={timeout}")
+        expect_eq(job["spec"]["activeDeadlineSeconds"], deadline, "activeDeadlineSeconds")
+    err = h.template_error(EXAMPLE, ["--set", "storageclassMigrate.activeDeadlineSeconds=275",
+                                     "--set", "storageclassMigrate.timeout=2m10s"])
+    expect("activeDeadlineSeconds (275) minus 15s" in err and "above 275" in err,
+           f"message for a deadline of 260s and waits of 2 x 2m10s: {err!r}")
 
 
 @check
@@ -446,7 +545,13 @@ REJECTED = [
     (["--set", "storageclassMigrate.image.digest=latest"], "at '/image/digest'"),
     (["--set", "storageclassMigrate.runAsUser=0"], "at '/runAsUser'"),
     (["--set", "storageclassMigrate.timeout=2m"],
-     "activeDeadlineSeconds (240) must exceed twice the timeout (2m"),
+     "the run's deadline, activeDeadlineSeconds (240) minus 15s for the pod's start and the "
+     "report, must exceed twice the timeout (2m: one wait for the claim, one for its volume); "
+     "raise activeDeadlineSeconds above 255 or lower timeout"),
+    # A deadline of 225s leaves room for two waits of 112s, not of 113s.
+    (["--set", "storageclassMigrate.timeout=113s"], "raise activeDeadlineSeconds above 241"),
+    (["--set", "storageclassMigrate.activeDeadlineSeconds=135"],
+     "activeDeadlineSeconds (135) minus 15s"),
     (["--set", "persistence.claimName=Bad_Name"], "at '/persistence/claimName': 'Bad_Name'"),
     (["--set", "persistence.size=lots"], "at '/persistence/size': 'lots'"),
 ]
@@ -639,7 +744,10 @@ BAD_CALLS = [
     ({"claim": "data", "settings": {"timeout": -5}}, "timeout must be positive"),
     ({"claim": "data", "settings": {"dryRun": "true"}}, "dryRun must be true or false"),
     ({"claim": "data", "settings": {"activeDeadlineSeconds": 100}},
-     "activeDeadlineSeconds (100) must exceed twice the timeout"),
+     "activeDeadlineSeconds (100) minus 15s for the pod's start and the report, must exceed "
+     "twice the timeout"),
+    ({"claim": "data", "settings": {"activeDeadlineSeconds": 15, "timeout": "1ms"}},
+     "activeDeadlineSeconds (15) minus 15s"),
 ]
 
 
@@ -660,11 +768,48 @@ def rules_match_json_for_every_setting(h):
                     settings = {"inUse": in_use, "deleteRetainedPV": retained,
                                 "stripAllFinalizers": strip}
                     docs = render_calls(h, [dict(call, settings=settings)], namespace="ns-x")
-                    check_rules(docs, in_use=in_use, write_volumes=retained or strip,
+                    check_rules(docs, in_use=in_use, retained=retained, strip=strip,
                                 claims=call.get("claims"), selector=call.get("selector", ""),
                                 namespace="ns-x")
+                    check_needs(granted_verbs(docs), needed_verbs(in_use, retained, strip),
+                                f"{settings}")
                     n += 1
     expect_eq(n, 24, "combinations")
+
+
+@check
+def settings_get_no_verb_they_do_not_need(h):
+    """For each setting, every verb some other setting needs, and this one does not, is absent."""
+    settings = [(in_use, retained, strip) for in_use in ("evict", "force", "fail")
+                for retained in (False, True) for strip in (False, True)]
+    every = {}
+    for setting in settings:
+        for key, verbs in needed_verbs(*setting).items():
+            every.setdefault(key, set()).update(verbs)
+    n = 0
+    for in_use, retained, strip in settings:
+        docs = render_calls(h, [{"claim": "data", "settings": {
+            "inUse": in_use, "deleteRetainedPV": retained, "stripAllFinalizers": strip}}])
+        granted = granted_verbs(docs)
+        need = needed_verbs(in_use, retained, strip)
+        what = f"inUse={in_use} deleteRetainedPV={retained} stripAllFinalizers={strip}"
+        for (group, resource), verbs in sorted(every.items()):
+            for verb in sorted(verbs - need.get((group, resource), set())):
+                expect(verb not in granted.get((group, resource), set()),
+                       f"{what}: {verb} {group or 'core'}/{resource} granted but not needed")
+                n += 1
+        # And nothing outside what any setting needs.
+        for key, verbs in granted.items():
+            expect(verbs <= every.get(key, set()), f"{what}: {key} {verbs} beyond any setting's needs")
+    expect(n > 0, "no absent verb checked")
+    # The least privileged setting, spelled out: no claim patch, no volume writes, no evictions
+    # or budgets, and no list of storage classes (the default class is never looked up).
+    granted = granted_verbs(render_calls(h, [{"claim": "data", "settings": {"inUse": "fail"}}]))
+    for key, verb in ((("", "persistentvolumeclaims"), "patch"), (("", "persistentvolumes"), "patch"),
+                      (("", "persistentvolumes"), "delete"), (("", "pods/eviction"), "create"),
+                      (("policy", "poddisruptionbudgets"), "list"),
+                      (("storage.k8s.io", "storageclasses"), "list")):
+        expect(verb not in granted.get(key, set()), f"inUse=fail: {verb} {key} granted")
 
 
 def run_checks(h, label, only=None):

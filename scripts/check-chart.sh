@@ -5,8 +5,10 @@
 #   3. helm dependency build of the example (offline: file:// dependency), helm lint --strict of
 #      both charts;
 #   4. render tests (scripts/chart_checks.py): hook annotations and weights, RBAC rules against
-#      rbac-rules.json for every setting, the toggle, the schema's and templates' messages for bad
-#      values, env, securityContext, podFailurePolicy, names; with helm 4 as well;
+#      rbac-rules.json and against what the binary sends, for every setting (verbs a setting does
+#      not need are absent), the toggle, the schema's and templates' messages for bad values, env
+#      (RELEASE_NAME, DEADLINE), the deadline check, securityContext, podFailurePolicy and
+#      backoffLimit, names; with helm 4 as well;
 #   5. shellcheck of every shell script under scripts/ and .ci/;
 #   6. if STORAGECLASS_MIGRATE_CONTROL_PLANE names a running control plane's directory (with
 #      admin.kubeconfig, as scripts/control-plane.sh start writes), `kubectl apply --dry-run=server`

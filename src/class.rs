@@ -1,33 +1,39 @@
-//! The desired storage class and how it is resolved, the way the apiserver resolves a default.
-
-use k8s_openapi::api::storage::v1::StorageClass;
-use kube::ResourceExt;
-
-const DEFAULT_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
-const DEFAULT_ANNOTATION_BETA: &str = "storageclass.beta.kubernetes.io/is-default-class";
+//! The desired storage class, as the chart asks for it.
 
 /// What the chart asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Desired {
     /// A StorageClass by name; it must exist before anything is changed.
     Named(String),
-    /// Unset or empty: whatever class the cluster's default is.
-    Default,
+    /// Unset or empty: the chart leaves `storageClassName` out, and Helm never changes a field
+    /// that both its old and new manifests omit, so no claim needs to move. To move claims to
+    /// the cluster's default class, name it.
+    Unset,
     /// `-`: explicitly no class, `storageClassName: ""`.
     NoClass,
 }
 
 impl Desired {
+    /// Taken as given: a value with surrounding spaces is a name, and fails validation.
     pub fn parse(value: Option<&str>) -> Self {
-        match value.map(str::trim) {
-            None | Some("") => Desired::Default,
+        match value {
+            None | Some("") => Desired::Unset,
             Some("-") => Desired::NoClass,
             Some(name) => Desired::Named(name.to_owned()),
         }
     }
+
+    /// The class claims must end up on; None when none is asked for.
+    pub fn target(&self) -> Option<Target> {
+        match self {
+            Desired::Named(name) => Some(Target::Class(name.clone())),
+            Desired::NoClass => Some(Target::NoClass),
+            Desired::Unset => None,
+        }
+    }
 }
 
-/// The class a claim must end up on, once the default is known.
+/// The class a claim must end up on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A named class.
@@ -55,79 +61,20 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// Whether a class is marked as the default, by the GA or the beta annotation.
-pub fn is_default(class: &StorageClass) -> bool {
-    let annotations = class.annotations();
-    [DEFAULT_ANNOTATION, DEFAULT_ANNOTATION_BETA]
-        .iter()
-        .any(|key| annotations.get(*key).is_some_and(|v| v == "true"))
-}
-
-/// The cluster's default class: of the classes marked default, the newest, then the first by name,
-/// as the DefaultStorageClass admission plugin picks it.
-pub fn default_class(classes: &[StorageClass]) -> Option<&StorageClass> {
-    classes.iter().filter(|c| is_default(c)).min_by(|a, b| {
-        let created = |c: &StorageClass| c.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        created(b)
-            .cmp(&created(a))
-            .then_with(|| a.name_any().cmp(&b.name_any()))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-    use k8s_openapi::jiff::Timestamp;
-
-    fn class(name: &str, created: i64, annotation: Option<(&str, &str)>) -> StorageClass {
-        StorageClass {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                creation_timestamp: Some(Time(Timestamp::from_second(created).unwrap())),
-                annotations: annotation.map(|(k, v)| [(k.to_owned(), v.to_owned())].into()),
-                ..Default::default()
-            },
-            provisioner: "example.com/none".into(),
-            ..Default::default()
-        }
-    }
 
     #[test]
     fn parse_desired() {
-        assert_eq!(Desired::parse(None), Desired::Default);
-        assert_eq!(Desired::parse(Some(" ")), Desired::Default);
+        assert_eq!(Desired::parse(None), Desired::Unset);
+        assert_eq!(Desired::parse(Some("")), Desired::Unset);
         assert_eq!(Desired::parse(Some("-")), Desired::NoClass);
         assert_eq!(Desired::parse(Some("fast")), Desired::Named("fast".into()));
-    }
-
-    #[test]
-    fn no_default() {
-        let classes = [
-            class("a", 1, None),
-            class("b", 2, Some((DEFAULT_ANNOTATION, "false"))),
-        ];
-        assert!(default_class(&classes).is_none());
-    }
-
-    #[test]
-    fn beta_annotation_counts() {
-        let classes = [
-            class("a", 1, None),
-            class("b", 2, Some((DEFAULT_ANNOTATION_BETA, "true"))),
-        ];
-        assert_eq!(default_class(&classes).unwrap().name_any(), "b");
-    }
-
-    #[test]
-    fn newest_default_wins_then_name() {
-        let classes = [
-            class("old", 1, Some((DEFAULT_ANNOTATION, "true"))),
-            class("new-b", 5, Some((DEFAULT_ANNOTATION, "true"))),
-            class("new-a", 5, Some((DEFAULT_ANNOTATION_BETA, "true"))),
-            class("newest-not-default", 9, None),
-        ];
-        assert_eq!(default_class(&classes).unwrap().name_any(), "new-a");
+        assert_eq!(Desired::parse(Some(" -")), Desired::Named(" -".into()));
+        assert_eq!(Desired::parse(Some(" ")), Desired::Named(" ".into()));
+        assert_eq!(Desired::Unset.target(), None);
+        assert_eq!(Desired::NoClass.target(), Some(Target::NoClass));
     }
 
     #[test]

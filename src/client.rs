@@ -12,7 +12,14 @@ use crate::error::Error;
 /// A refused or unroutable API server fails within this, not the client's default 30 s.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn connect(connection: &Connection) -> Result<Client, Error> {
+/// The clients of a run: one that retries throttled and unavailable answers by itself, and one
+/// that does not, for evictions, whose 429 is a budget's refusal to report at once.
+pub struct Clients {
+    pub client: Client,
+    pub no_retry: Client,
+}
+
+pub async fn connect(connection: &Connection) -> Result<Clients, Error> {
     let options = KubeConfigOptions {
         context: connection.context.clone(),
         ..Default::default()
@@ -32,7 +39,12 @@ pub async fn connect(connection: &Connection) -> Result<Client, Error> {
     };
     let mut config = config;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
-    Client::try_from(config).map_err(|e| config_error(None, &e))
+    let mut no_retry = config.clone();
+    no_retry.default_retry = false;
+    Ok(Clients {
+        client: Client::try_from(config).map_err(|e| config_error(None, &e))?,
+        no_retry: Client::try_from(no_retry).map_err(|e| config_error(None, &e))?,
+    })
 }
 
 /// A configuration error on one line that cannot leak credentials: a YAML parser's message can

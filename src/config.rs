@@ -11,16 +11,17 @@ use crate::error::Error;
 use crate::validate;
 
 const AFTER_HELP: &str = "\
-The desired class: a StorageClass name; empty or unset for the cluster's default class; '-' for
-no class (storageClassName: \"\").
+The desired class: a StorageClass name; '-' for no class (storageClassName: \"\"); empty or unset:
+nothing to do (Helm leaves an omitted storageClassName alone; name the default class to move to it).
 
 Exit status:
   0  done, or nothing to do
   1  internal error
   2  bad input (nothing was sent to the API)
   3  refused for safety (nothing was changed)
-  4  Kubernetes API error: unreachable, unauthorized, forbidden (the denied verb and resource are named)
-  5  timed out waiting for the cluster
+  4  Kubernetes API error: unreachable, unauthorized, forbidden (the denied verb and resource are named); nothing was changed
+  5  timed out, or stopped (deadline, SIGTERM), before anything was changed
+  6  stopped part-way: something was changed, then a failure, refusal, timeout or signal; a rerun finishes it
 With several claims, the status is the highest of theirs.
 
 Script-compatible setting: --in-use force --delete-retained-pv --strip-all-finalizers";
@@ -35,15 +36,19 @@ pub struct Args {
     #[arg(long = "pvc", env = "PVC_NAME", value_name = "NAME[,NAME...]")]
     pub pvc: Option<String>,
 
-    /// Label selector picking claims, e.g. app=db,tier in (a,b)
+    /// Label selector picking claims of the release, e.g. app=db,tier in (a,b)
     #[arg(long, short = 'l', env = "PVC_SELECTOR", value_name = "SELECTOR")]
     pub selector: Option<String>,
+
+    /// Helm release whose claims a selector may pick (its meta.helm.sh annotations must name it)
+    #[arg(long, env = "RELEASE_NAME", value_name = "NAME")]
+    pub release: Option<String>,
 
     /// Namespace of the claims [default: the service account's, else the kubeconfig context's]
     #[arg(long, short = 'n', env = "PVC_NAMESPACE", value_name = "NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Desired storage class: a name, empty for the cluster default, '-' for no class
+    /// Desired storage class: a name, '-' for no class; unset or empty: nothing to do
     #[arg(
         long = "storage-class",
         env = "DESIRED_STORAGECLASS",
@@ -70,6 +75,14 @@ pub struct Args {
     /// Longest wait for each step (claim gone, volume gone), e.g. 60s, 2m
     #[arg(long, env = "WAIT_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
     pub timeout: Duration,
+
+    /// Deadline of the whole run, e.g. 4m; at it the run stops and reports what it did and left
+    #[arg(long, env = "DEADLINE", value_name = "DURATION", default_value = "10m", value_parser = parse_timeout)]
+    pub deadline: Duration,
+
+    /// How many claims are handled at once
+    #[arg(long, env = "CONCURRENCY", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
 
     /// Path to a kubeconfig [default: $KUBECONFIG, ~/.kube/config, else in-cluster]
     #[arg(long, value_name = "PATH")]
@@ -122,7 +135,6 @@ pub enum LogFormat {
 }
 
 fn parse_timeout(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
     let parsed = match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => humantime::parse_duration(value)
@@ -154,11 +166,14 @@ pub struct Connection {
 pub struct Config {
     pub names: Vec<String>,
     pub selector: Option<String>,
+    pub release: Option<String>,
     pub namespace: Option<String>,
     pub desired: Desired,
     pub policies: Policies,
     pub dry_run: bool,
     pub timeout: Duration,
+    pub deadline: Duration,
+    pub concurrency: usize,
     pub connection: Connection,
 }
 
@@ -172,6 +187,16 @@ impl Args {
         if names.is_empty() && selector.is_none() {
             return Err(Error::Input(
                 "no claim given: set PVC_NAME (or --pvc) or PVC_SELECTOR (or --selector)".into(),
+            ));
+        }
+        let release = non_empty(self.release.as_deref());
+        if let Some(release) = &release {
+            validate::dns_subdomain("release name", release).map_err(Error::Input)?;
+        }
+        if selector.is_some() && release.is_none() {
+            return Err(Error::Input(
+                "a selector picks only the claims of a Helm release: set RELEASE_NAME (or --release)"
+                    .into(),
             ));
         }
         let namespace = non_empty(self.namespace.as_deref());
@@ -190,6 +215,7 @@ impl Args {
         Ok(Config {
             names,
             selector,
+            release,
             namespace,
             desired,
             policies: Policies {
@@ -199,6 +225,8 @@ impl Args {
             },
             dry_run: self.dry_run,
             timeout: self.timeout,
+            deadline: self.deadline,
+            concurrency: usize::from(self.concurrency),
             connection: Connection {
                 kubeconfig: self.kubeconfig.clone(),
                 context: self.context.clone(),
@@ -207,11 +235,10 @@ impl Args {
     }
 }
 
+/// The value as given, when there is one; values are never trimmed, so a name with spaces is
+/// bad input rather than quietly another name.
 fn non_empty(value: Option<&str>) -> Option<String> {
-    value
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned)
+    value.filter(|v| !v.is_empty()).map(str::to_owned)
 }
 
 fn split_names(value: Option<&str>) -> Result<Vec<String>, Error> {
@@ -219,7 +246,7 @@ fn split_names(value: Option<&str>) -> Result<Vec<String>, Error> {
         return Ok(Vec::new());
     };
     let mut names: Vec<String> = Vec::new();
-    for name in value.split(',').map(str::trim) {
+    for name in value.split(',') {
         if name.is_empty() {
             return Err(Error::Input(format!(
                 "claim list {value:?} has an empty name"
@@ -242,13 +269,39 @@ mod tests {
     }
 
     #[test]
-    fn names_are_split_trimmed_and_deduplicated() {
-        let config = parse(&["--pvc", "a, b,a", "--storage-class", "fast"])
+    fn names_are_split_and_deduplicated() {
+        let config = parse(&["--pvc", "a,b,a", "--storage-class", "fast"])
             .unwrap()
             .config()
             .unwrap();
         assert_eq!(config.names, ["a", "b"]);
         assert_eq!(config.desired, Desired::Named("fast".into()));
+    }
+
+    #[test]
+    fn values_are_never_trimmed() {
+        for (flag, value, quoted) in [
+            ("--pvc", " data", "\" data\""),
+            ("--pvc", "a, b", "\" b\""),
+            ("--storage-class", " fast", "\" fast\""),
+            ("--storage-class", " -", "\" -\""),
+            ("--storage-class", " ", "\" \""),
+            ("-n", "apps ", "\"apps \""),
+        ] {
+            let mut args = vec!["--pvc", "data", flag, value];
+            if flag == "--pvc" {
+                args.drain(..2);
+            }
+            let error = parse(&args).unwrap().config().unwrap_err();
+            assert!(
+                matches!(error, Error::Input(_)),
+                "{flag} {value:?}: {error}"
+            );
+            assert!(
+                error.to_string().contains(quoted),
+                "{flag} {value:?}: {error}"
+            );
+        }
     }
 
     #[test]
@@ -287,7 +340,13 @@ mod tests {
     fn a_claim_or_selector_is_required() {
         let error = parse(&[]).unwrap().config().unwrap_err();
         assert!(error.to_string().starts_with("no claim given"), "{error}");
-        assert!(parse(&["-l", "app=db"]).unwrap().config().is_ok());
+        let error = parse(&["-l", "app=db"]).unwrap().config().unwrap_err();
+        assert!(error.to_string().contains("RELEASE_NAME"), "{error}");
+        let config = parse(&["-l", "app=db", "--release", "shop"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(config.release.as_deref(), Some("shop"));
     }
 
     #[test]
@@ -299,8 +358,8 @@ mod tests {
                 .unwrap()
                 .desired
         };
-        assert_eq!(desired(&[]), Desired::Default);
-        assert_eq!(desired(&["--storage-class", ""]), Desired::Default);
+        assert_eq!(desired(&[]), Desired::Unset);
+        assert_eq!(desired(&["--storage-class", ""]), Desired::Unset);
         assert_eq!(desired(&["--storage-class", "-"]), Desired::NoClass);
     }
 

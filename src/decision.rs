@@ -1,9 +1,13 @@
-//! The decision layer: given what the API returned for a claim, its volume and the pods of its
-//! namespace, what to do. No I/O here; every row of the decision table is a unit test below.
+//! The decision layer: given what the API returned for a claim, its volume, the pods that use it
+//! and the budgets that cover them, what to do. No I/O here; every row of the decision table is
+//! a unit test below.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use crate::class::Target;
@@ -13,9 +17,16 @@ use crate::config::{InUsePolicy, Policies};
 /// pod uses the claim.
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 
-/// Put on a volume, with the claim's `namespace/name`, before a claim whose volume is to be
-/// deleted is itself deleted: a run interrupted after the claim went finds the volume by it.
+/// Put on a volume, with the claim's `namespace/name/uid`, before a claim whose volume this run
+/// will write is itself deleted: a run interrupted after the claim went finds the volume by it.
 pub const DELETE_AFTER_CLAIM: &str = "storageclass-migrate/delete-after-claim";
+
+/// The class of a claim made before `spec.storageClassName` existed.
+pub const BETA_CLASS_ANNOTATION: &str = "volume.beta.kubernetes.io/storage-class";
+
+/// Helm's ownership annotations on every object of a release.
+pub const RELEASE_NAME_ANNOTATION: &str = "meta.helm.sh/release-name";
+pub const RELEASE_NAMESPACE_ANNOTATION: &str = "meta.helm.sh/release-namespace";
 
 /// Why a claim needs nothing done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +37,8 @@ pub enum Nothing {
     NilClass,
     /// Already on the desired class.
     OnTarget,
-    /// No class desired and the cluster has no default class: nothing to compare with.
-    NoDefaultClass,
+    /// No class desired: the chart omits the field, and Helm leaves an omitted field alone.
+    Unset,
 }
 
 impl fmt::Display for Nothing {
@@ -36,8 +47,8 @@ impl fmt::Display for Nothing {
             Nothing::Absent => "claim absent",
             Nothing::NilClass => "storageClassName is unset, Helm can set it",
             Nothing::OnTarget => "already on the desired class",
-            Nothing::NoDefaultClass => {
-                "no class desired and the cluster has no default StorageClass"
+            Nothing::Unset => {
+                "no class desired: the chart leaves storageClassName out and Helm leaves it alone (name a class to move claims to it)"
             }
         })
     }
@@ -47,29 +58,56 @@ impl fmt::Display for Nothing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Triage {
     Nothing(Nothing),
-    /// On another class: migrate. `resume` when it is already being deleted (a previous run).
+    /// Migrate the claim. `resume` when it is already being deleted (a previous run, or someone
+    /// else): it is waited out whatever its class, so Helm never applies a dying claim.
+    /// `class_change` when its class differs from the desired one.
     Migrate {
         resume: bool,
+        class_change: bool,
     },
 }
 
-pub fn triage(claim: Option<&PersistentVolumeClaim>, target: &Target) -> Triage {
+pub fn triage(claim: Option<&PersistentVolumeClaim>, target: Option<&Target>) -> Triage {
     let Some(claim) = claim else {
         return Triage::Nothing(Nothing::Absent);
     };
-    let Some(class) = claim_class(claim) else {
-        return Triage::Nothing(Nothing::NilClass);
+    let class = claim_class(claim);
+    let class_change = match (target, class) {
+        (Some(target), Some(class)) => class != target.class_name(),
+        _ => false,
     };
-    if class == target.class_name() {
-        return Triage::Nothing(Nothing::OnTarget);
+    if claim.metadata.deletion_timestamp.is_some() {
+        return Triage::Migrate {
+            resume: true,
+            class_change,
+        };
     }
-    Triage::Migrate {
-        resume: claim.metadata.deletion_timestamp.is_some(),
+    match (target, class) {
+        (None, _) => Triage::Nothing(Nothing::Unset),
+        (_, None) => Triage::Nothing(Nothing::NilClass),
+        _ if !class_change => Triage::Nothing(Nothing::OnTarget),
+        _ => Triage::Migrate {
+            resume: false,
+            class_change,
+        },
     }
 }
 
+/// The claim's class: its spec, else (a claim older than the field) the beta annotation, which
+/// the API then holds a new `storageClassName` to.
 pub fn claim_class(claim: &PersistentVolumeClaim) -> Option<&str> {
-    claim.spec.as_ref()?.storage_class_name.as_deref()
+    claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref())
+        .or_else(|| {
+            claim
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(BETA_CLASS_ANNOTATION)
+                .map(String::as_str)
+        })
 }
 
 pub fn claim_volume(claim: &PersistentVolumeClaim) -> Option<&str> {
@@ -79,6 +117,56 @@ pub fn claim_volume(claim: &PersistentVolumeClaim) -> Option<&str> {
         .volume_name
         .as_deref()
         .filter(|name| !name.is_empty())
+}
+
+/// Why a claim that a selector matched is left out of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutOfScope {
+    /// Not part of the release (Helm's annotations name another release, or none).
+    OtherRelease { owner: Option<String> },
+    /// Created by a StatefulSet from its volumeClaimTemplates.
+    StatefulSet { name: String },
+}
+
+impl fmt::Display for OutOfScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutOfScope::OtherRelease { owner: Some(owner) } => {
+                write!(f, "belongs to release {owner}")
+            }
+            OutOfScope::OtherRelease { owner: None } => f.write_str("not part of a Helm release"),
+            OutOfScope::StatefulSet { name } => {
+                write!(f, "made by StatefulSet {name} from its template")
+            }
+        }
+    }
+}
+
+/// Whether a claim that a selector picked is the release's own: Helm's ownership annotations
+/// name the release and its namespace, and no StatefulSet made it.
+pub fn in_release(
+    claim: &PersistentVolumeClaim,
+    release: &str,
+    namespace: &str,
+) -> Result<(), OutOfScope> {
+    if let Some(owner) = claim
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "StatefulSet")
+    {
+        return Err(OutOfScope::StatefulSet {
+            name: owner.name.clone(),
+        });
+    }
+    let annotations = claim.annotations();
+    let name = annotations.get(RELEASE_NAME_ANNOTATION);
+    let ns = annotations.get(RELEASE_NAMESPACE_ANNOTATION);
+    if name.map(String::as_str) == Some(release) && ns.map(String::as_str) == Some(namespace) {
+        return Ok(());
+    }
+    Err(OutOfScope::OtherRelease {
+        owner: name.map(|n| format!("{}/{n}", ns.map(String::as_str).unwrap_or("?"))),
+    })
 }
 
 /// A scheduled pod that uses the claim.
@@ -124,12 +212,152 @@ pub fn pods_using(claim_name: &str, pods: &[Pod]) -> Vec<PodUse> {
         .collect()
 }
 
+/// Pods to evict: scheduled users of the claim that are not already going.
+pub fn to_evict(claim_name: &str, pods: &[Pod]) -> Vec<String> {
+    pods_using(claim_name, pods)
+        .into_iter()
+        .filter(|u| !u.terminating)
+        .map(|u| u.name)
+        .collect()
+}
+
+/// A PodDisruptionBudget that would refuse the evictions of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetShort {
+    pub budget: String,
+    pub allowed: i32,
+    pub pods: Vec<String>,
+}
+
+impl fmt::Display for BudgetShort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PodDisruptionBudget {} allows {} disruption(s) but pod(s) {} would have to be evicted",
+            self.budget,
+            self.allowed,
+            self.pods.join(", ")
+        )
+    }
+}
+
+/// Disruptions of each budget (by name) that claims of the run already planned to use.
+pub type BudgetUse = BTreeMap<String, i32>;
+
+/// The budgets that the evictions would break, as the Eviction API would judge them one by one:
+/// a Ready pod consumes one of the budget's allowed disruptions (less those that other claims of
+/// the run already planned to use); a pod that is not Ready may go only when the budget is healthy
+/// (or its policy is `AlwaysAllow`). Also returns the disruptions this plan uses.
+pub fn budgets_short(
+    evict: &[String],
+    pods: &[Pod],
+    budgets: &[PodDisruptionBudget],
+    reserved: &BudgetUse,
+) -> (Vec<BudgetShort>, BudgetUse) {
+    let mut short = Vec::new();
+    let mut uses = BudgetUse::new();
+    for budget in budgets {
+        let Some(spec) = budget.spec.as_ref() else {
+            continue;
+        };
+        let Some(selector) = spec.selector.as_ref() else {
+            continue;
+        };
+        let covered: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| evict.contains(&p.name_any()))
+            .filter(|p| selects(selector, p.labels()))
+            .collect();
+        if covered.is_empty() {
+            continue;
+        }
+        let status = budget.status.as_ref();
+        let name = budget.name_any();
+        let allowed =
+            status.map_or(0, |s| s.disruptions_allowed) - reserved.get(&name).copied().unwrap_or(0);
+        let healthy = status.is_some_and(|s| s.current_healthy >= s.desired_healthy);
+        let always = spec.unhealthy_pod_eviction_policy.as_deref() == Some("AlwaysAllow");
+        let ready = covered.iter().filter(|p| is_ready(p)).count();
+        let unready_blocked = ready < covered.len() && !always && !healthy;
+        if ready as i64 > i64::from(allowed) || unready_blocked {
+            short.push(BudgetShort {
+                budget: name,
+                allowed: allowed.max(0),
+                pods: covered.iter().map(|p| p.name_any()).collect(),
+            });
+        } else if ready > 0 {
+            uses.insert(name, ready as i32);
+        }
+    }
+    (short, uses)
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether a label selector selects these labels; an empty selector selects everything.
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
 /// Why a migration is refused before anything is changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    TargetMissing { class: String },
-    VolumeOfAnotherClaim { volume: String, owner: String },
-    InUse { pods: Vec<PodUse> },
+    TargetMissing {
+        class: String,
+    },
+    VolumeOfAnotherClaim {
+        volume: String,
+        owner: String,
+    },
+    InUse {
+        pods: Vec<PodUse>,
+    },
+    /// PodDisruptionBudgets would refuse the evictions.
+    Budgets(Vec<BudgetShort>),
+    /// The Eviction API refused an eviction (429): a budget, named where the API named it.
+    EvictionRefused {
+        pod: String,
+        message: String,
+    },
+    /// The claim was replaced after it was read.
+    ClaimReplaced {
+        uid: String,
+    },
+    /// The volume was rebound or replaced after it was read.
+    VolumeRebound {
+        volume: String,
+    },
+    /// Admission (a webhook, a policy, validation) rejected a write of the plan.
+    Rejected {
+        request: String,
+        message: String,
+    },
+    /// Ready, but held back: other claims of the run could not go through, and a run changes
+    /// nothing unless every claim can.
+    HeldBack {
+        claims: Vec<String>,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -148,6 +376,31 @@ impl fmt::Display for Refusal {
                 "in use by {} (--in-use fail); stop them or choose --in-use evict",
                 join(pods)
             ),
+            Refusal::Budgets(short) => write!(
+                f,
+                "{}; scale the workload down, relax the budget, or choose --in-use force",
+                join(short)
+            ),
+            Refusal::EvictionRefused { pod, message } => write!(
+                f,
+                "eviction of pod {pod} refused: {message}; scale the workload down, relax the budget, or choose --in-use force"
+            ),
+            Refusal::ClaimReplaced { uid } => write!(
+                f,
+                "the claim was replaced after it was read (uid {uid} is gone); the new claim is not deleted, run again to evaluate it"
+            ),
+            Refusal::VolumeRebound { volume } => write!(
+                f,
+                "PV {volume} no longer belongs to the claim (bound elsewhere meanwhile); it is not touched"
+            ),
+            Refusal::Rejected { request, message } => {
+                write!(f, "{request} was rejected: {message}")
+            }
+            Refusal::HeldBack { claims } => write!(
+                f,
+                "held back: {} of this run could not go through, and a run changes nothing unless every claim can",
+                claims.join(", ")
+            ),
         }
     }
 }
@@ -164,6 +417,15 @@ pub enum VolumeStep {
     Handle(VolumePlan),
 }
 
+impl VolumeStep {
+    pub fn plan(&self) -> Option<&VolumePlan> {
+        match self {
+            VolumeStep::Handle(volume) => Some(volume),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumePlan {
     pub name: String,
@@ -173,7 +435,7 @@ pub struct VolumePlan {
     pub claim_uid: String,
     pub reclaim_policy: String,
     pub action: VolumeAction,
-    /// Finalizers to strip before deleting it (`--strip-all-finalizers` only).
+    /// Finalizers to strip after deleting it (`--strip-all-finalizers` only).
     pub strip: Vec<String>,
 }
 
@@ -181,10 +443,37 @@ pub struct VolumePlan {
 pub enum VolumeAction {
     /// Reclaim policy Delete: its provisioner deletes the backing volume, then the object.
     AwaitReclaim,
-    /// Retain (or Recycle): keep it, so its data can be recovered.
+    /// Retain: keep it, so its data can be recovered.
     Keep,
-    /// Delete the object (Retain with `--delete-retained-pv`, or `--strip-all-finalizers`).
+    /// Recycle: the recycler wipes its data and offers it to new claims.
+    Recycle,
+    /// Retain with `--delete-retained-pv`: switch its reclaim policy to Delete, so that its
+    /// provisioner deletes the backing storage too, then wait as for Delete.
+    ReclaimByDelete,
+    /// Delete the object (`--strip-all-finalizers`), then strip its finalizers.
     Delete,
+}
+
+impl VolumePlan {
+    /// Whether this run writes the volume after the claim is gone, and so marks it first.
+    pub fn marked(&self) -> bool {
+        matches!(
+            self.action,
+            VolumeAction::ReclaimByDelete | VolumeAction::Delete
+        )
+    }
+
+    /// Whether the run waits for the volume to go.
+    pub fn waited(&self) -> bool {
+        !matches!(self.action, VolumeAction::Keep | VolumeAction::Recycle)
+    }
+
+    /// Whether `volume`, read again, is still the one planned for: same uid, and its claimRef
+    /// still names the claim read then. Checked before every write to a volume.
+    pub fn still_ours(&self, volume: &PersistentVolume, namespace: &str, claim: &str) -> bool {
+        volume.uid().as_deref() == Some(self.uid.as_str())
+            && owned_by(volume, namespace, claim, &self.claim_uid)
+    }
 }
 
 /// The migration of one claim.
@@ -193,16 +482,18 @@ pub struct Plan {
     pub claim: String,
     pub uid: String,
     pub from: String,
-    /// The claim is already being deleted: a previous run stopped part-way.
+    /// The claim is already being deleted: a previous run stopped part-way, or someone else.
     pub resume: bool,
     pub users: Vec<PodUse>,
-    /// Pods to evict after the claim is deleted.
+    /// Pods to evict after the claim is deleted (with those that appear meanwhile).
     pub evict: Vec<String>,
     /// Finalizers to strip from the claim after it is deleted.
     pub strip_claim: Vec<String>,
     /// Finalizers of other controllers on the claim, waited for.
     pub foreign_finalizers: Vec<String>,
     pub volume: VolumeStep,
+    /// Disruptions of each budget that the evictions use.
+    pub budget_use: BudgetUse,
 }
 
 /// Everything read from the API about a claim that needs migrating.
@@ -210,31 +501,54 @@ pub struct Plan {
 pub struct Facts<'a> {
     pub claim: &'a PersistentVolumeClaim,
     pub volume: Option<&'a PersistentVolume>,
+    /// Pods of the namespace (those naming the claim are enough).
     pub pods: &'a [Pod],
-    pub target: &'a Target,
+    /// PodDisruptionBudgets of the namespace (read when pods are to be evicted).
+    pub budgets: &'a [PodDisruptionBudget],
+    /// Disruptions that other claims of the run already planned to use.
+    pub reserved: &'a BudgetUse,
+    pub target: Option<&'a Target>,
     pub target_exists: bool,
+    /// Whether the claim's class differs from the desired one. A claim that is only being waited
+    /// out (deleted by someone else while on the desired class) keeps its volume's fate to its
+    /// reclaim policy.
+    pub class_change: bool,
 }
 
 pub fn plan(facts: Facts<'_>, policies: Policies) -> Result<Plan, Refusal> {
     let claim = facts.claim;
-    if !facts.target_exists {
+    // A claim only waited out (not moving class) is never stripped, nor its volume deleted.
+    let policies = if facts.class_change {
+        policies
+    } else {
+        Policies {
+            delete_retained_pv: false,
+            strip_all_finalizers: false,
+            ..policies
+        }
+    };
+    if facts.class_change
+        && !facts.target_exists
+        && let Some(target) = facts.target
+    {
         return Err(Refusal::TargetMissing {
-            class: facts.target.class_name().to_owned(),
+            class: target.class_name().to_owned(),
         });
     }
     let volume = volume_step(facts, policies)?;
-    let users = pods_using(&claim.name_any(), facts.pods);
+    let name = claim.name_any();
+    let users = pods_using(&name, facts.pods);
     if !users.is_empty() && policies.in_use == InUsePolicy::Fail {
         return Err(Refusal::InUse { pods: users });
     }
     let evict = match policies.in_use {
-        InUsePolicy::Evict => users
-            .iter()
-            .filter(|u| !u.terminating)
-            .map(|u| u.name.clone())
-            .collect(),
+        InUsePolicy::Evict => to_evict(&name, facts.pods),
         _ => Vec::new(),
     };
+    let (short, budget_use) = budgets_short(&evict, facts.pods, facts.budgets, facts.reserved);
+    if !short.is_empty() {
+        return Err(Refusal::Budgets(short));
+    }
     let finalizers = claim.finalizers();
     let strip_claim: Vec<String> = if policies.strip_all_finalizers {
         finalizers.to_vec()
@@ -253,7 +567,7 @@ pub fn plan(facts: Facts<'_>, policies: Policies) -> Result<Plan, Refusal> {
         .cloned()
         .collect();
     Ok(Plan {
-        claim: claim.name_any(),
+        claim: name,
         uid: claim.uid().unwrap_or_default(),
         from: claim_class(claim).unwrap_or_default().to_owned(),
         resume: claim.metadata.deletion_timestamp.is_some(),
@@ -262,6 +576,7 @@ pub fn plan(facts: Facts<'_>, policies: Policies) -> Result<Plan, Refusal> {
         strip_claim,
         foreign_finalizers,
         volume,
+        budget_use,
     })
 }
 
@@ -301,15 +616,6 @@ fn volume_step(facts: Facts<'_>, policies: Policies) -> Result<VolumeStep, Refus
     )))
 }
 
-impl VolumePlan {
-    /// Whether `volume`, read again, is still the one planned for: same uid, and its claimRef
-    /// still names the claim read then. Checked before every write to a volume.
-    pub fn still_ours(&self, volume: &PersistentVolume, namespace: &str, claim: &str) -> bool {
-        volume.uid().as_deref() == Some(self.uid.as_str())
-            && owned_by(volume, namespace, claim, &self.claim_uid)
-    }
-}
-
 /// Whether the volume's claimRef names this claim: namespace, name and uid.
 pub fn owned_by(volume: &PersistentVolume, namespace: &str, name: &str, claim_uid: &str) -> bool {
     volume
@@ -333,7 +639,8 @@ fn volume_plan(volume: &PersistentVolume, claim_uid: &str, policies: Policies) -
     let action = match reclaim_policy.as_str() {
         _ if policies.strip_all_finalizers => VolumeAction::Delete,
         "Delete" => VolumeAction::AwaitReclaim,
-        _ if policies.delete_retained_pv => VolumeAction::Delete,
+        "Recycle" => VolumeAction::Recycle,
+        _ if policies.delete_retained_pv => VolumeAction::ReclaimByDelete,
         _ => VolumeAction::Keep,
     };
     let strip = if policies.strip_all_finalizers {
@@ -351,29 +658,44 @@ fn volume_plan(volume: &PersistentVolume, claim_uid: &str, policies: Policies) -
     }
 }
 
-/// Whether a run may have to delete or strip volumes: only then does it mark them, and only then
-/// does it look for volumes that an interrupted run marked.
+/// Whether a run may write volumes after their claims are gone: only then does it mark them, and
+/// only then does it look for volumes that an interrupted run marked.
 pub fn writes_volumes(policies: Policies) -> bool {
     policies.delete_retained_pv || policies.strip_all_finalizers
 }
 
-/// Volumes that an interrupted run marked for deletion with this claim (now absent) and that
-/// still name it in their claimRef; the binder may not have marked them Released yet. Planned
-/// by today's policies.
+/// The mark of a volume to be written once its claim is gone: the claim's namespace, name and uid.
+pub fn mark(namespace: &str, claim: &str, claim_uid: &str) -> String {
+    format!("{namespace}/{claim}/{claim_uid}")
+}
+
+/// A volume that an interrupted run marked, with the claim it was marked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub claim: String,
+    pub volume: VolumePlan,
+}
+
+/// Volumes that an interrupted run marked for a claim of `namespace` (any claim, or only
+/// `claims` when given) and whose claimRef still names that very claim, uid included: the
+/// binder may not have marked them Released yet. Planned by today's policies.
 pub fn leftovers(
     namespace: &str,
-    name: &str,
+    claims: Option<&[String]>,
     volumes: &[PersistentVolume],
     policies: Policies,
-) -> Vec<VolumePlan> {
-    let mark = format!("{namespace}/{name}");
+) -> Vec<Leftover> {
     volumes
         .iter()
-        .filter(|v| v.annotations().get(DELETE_AFTER_CLAIM) == Some(&mark))
         .filter_map(|v| {
-            let claim_ref = v.spec.as_ref()?.claim_ref.as_ref()?;
-            let claim_uid = claim_ref.uid.clone().unwrap_or_default();
-            owned_by(v, namespace, name, &claim_uid).then(|| volume_plan(v, &claim_uid, policies))
+            let value = v.annotations().get(DELETE_AFTER_CLAIM)?;
+            let mut parts = value.splitn(3, '/');
+            let (ns, claim, uid) = (parts.next()?, parts.next()?, parts.next()?);
+            let wanted = claims.is_none_or(|names| names.iter().any(|n| n == claim));
+            (ns == namespace && wanted && owned_by(v, ns, claim, uid)).then(|| Leftover {
+                claim: claim.to_owned(),
+                volume: volume_plan(v, uid, policies),
+            })
         })
         .collect()
 }
@@ -397,6 +719,10 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     const NS: &str = "apps";
+    const MIGRATE: Triage = Triage::Migrate {
+        resume: false,
+        class_change: true,
+    };
 
     fn claim(class: Option<&str>, volume: Option<&str>) -> PersistentVolumeClaim {
         PersistentVolumeClaim {
@@ -502,8 +828,11 @@ mod tests {
                 claim,
                 volume,
                 pods,
-                target: &target,
+                budgets: &[],
+                reserved: &BudgetUse::new(),
+                target: Some(&target),
                 target_exists: true,
+                class_change: true,
             },
             policies,
         )
@@ -513,13 +842,16 @@ mod tests {
 
     #[test]
     fn absent_claim_needs_nothing() {
-        assert_eq!(triage(None, &target()), Triage::Nothing(Nothing::Absent));
+        assert_eq!(
+            triage(None, Some(&target())),
+            Triage::Nothing(Nothing::Absent)
+        );
     }
 
     #[test]
     fn nil_class_needs_nothing() {
         assert_eq!(
-            triage(Some(&claim(None, None)), &target()),
+            triage(Some(&claim(None, None)), Some(&target())),
             Triage::Nothing(Nothing::NilClass)
         );
     }
@@ -527,12 +859,12 @@ mod tests {
     #[test]
     fn claim_on_desired_class_needs_nothing() {
         assert_eq!(
-            triage(Some(&claim(Some("b"), None)), &target()),
+            triage(Some(&claim(Some("b"), None)), Some(&target())),
             Triage::Nothing(Nothing::OnTarget)
         );
         let no_class = claim(Some(""), None);
         assert_eq!(
-            triage(Some(&no_class), &Target::NoClass),
+            triage(Some(&no_class), Some(&Target::NoClass)),
             Triage::Nothing(Nothing::OnTarget)
         );
     }
@@ -541,8 +873,11 @@ mod tests {
     fn claim_being_deleted_resumes() {
         let claim = deleting(claim(Some("a"), Some("pv-1")));
         assert_eq!(
-            triage(Some(&claim), &target()),
-            Triage::Migrate { resume: true }
+            triage(Some(&claim), Some(&target())),
+            Triage::Migrate {
+                resume: true,
+                class_change: true
+            }
         );
         let plan = plan_for(&claim, None, &[], policies(InUsePolicy::Evict)).unwrap();
         assert!(plan.resume);
@@ -551,19 +886,13 @@ mod tests {
     #[test]
     fn claim_on_another_class_migrates() {
         assert_eq!(
-            triage(Some(&claim(Some("a"), None)), &target()),
-            Triage::Migrate { resume: false }
+            triage(Some(&claim(Some("a"), None)), Some(&target())),
+            MIGRATE
         );
         let no_class = claim(Some(""), None);
-        assert_eq!(
-            triage(Some(&no_class), &target()),
-            Triage::Migrate { resume: false }
-        );
+        assert_eq!(triage(Some(&no_class), Some(&target())), MIGRATE);
         let named = claim(Some("a"), None);
-        assert_eq!(
-            triage(Some(&named), &Target::NoClass),
-            Triage::Migrate { resume: false }
-        );
+        assert_eq!(triage(Some(&named), Some(&Target::NoClass)), MIGRATE);
     }
 
     // Migration plans.
@@ -576,8 +905,11 @@ mod tests {
             claim: &claim,
             volume: None,
             pods: &[],
-            target: &target,
+            budgets: &[],
+            reserved: &BudgetUse::new(),
+            target: Some(&target),
             target_exists: false,
+            class_change: true,
         };
         assert_eq!(
             plan(facts, policies(InUsePolicy::Evict)),
@@ -671,7 +1003,7 @@ mod tests {
     }
 
     #[test]
-    fn retain_policy_deleted_on_request() {
+    fn retain_policy_deleted_on_request_is_reclaimed_through_the_provisioner() {
         let pv = volume(
             "Retain",
             "data",
@@ -684,8 +1016,22 @@ mod tests {
         let VolumeStep::Handle(volume) = plan.volume else {
             panic!("{plan:?}")
         };
-        assert_eq!(volume.action, VolumeAction::Delete);
+        assert_eq!(volume.action, VolumeAction::ReclaimByDelete);
+        assert!(volume.marked());
         assert!(volume.strip.is_empty());
+    }
+
+    #[test]
+    fn recycle_is_not_kept() {
+        let pv = volume("Recycle", "data", "claim-uid", &[]);
+        let plan = plan_for(
+            &claim(Some("a"), Some("pv-1")),
+            Some(&pv),
+            &[],
+            policies(InUsePolicy::Evict),
+        )
+        .unwrap();
+        assert_eq!(plan.volume.plan().unwrap().action, VolumeAction::Recycle);
     }
 
     #[test]
@@ -853,26 +1199,35 @@ mod tests {
             });
             pv
         };
-        let found = leftovers(NS, "data", &[marked("Released", "apps/data")], policies);
+        let data = ["data".to_owned()];
+        let found = leftovers(
+            NS,
+            Some(&data),
+            &[marked("Released", "apps/data/old-uid")],
+            policies,
+        );
         assert_eq!(found.len(), 1);
         assert_eq!(
-            (found[0].action, found[0].claim_uid.as_str()),
-            (VolumeAction::Delete, "old-uid")
+            (found[0].volume.action, found[0].volume.claim_uid.as_str()),
+            (VolumeAction::ReclaimByDelete, "old-uid")
         );
+        assert_eq!(found[0].claim, "data");
+        let bound = [marked("Bound", "apps/data/old-uid")];
+        assert_eq!(leftovers(NS, Some(&data), &bound, policies).len(), 1);
         assert_eq!(
-            leftovers(NS, "data", &[marked("Bound", "apps/data")], policies).len(),
-            1
+            leftovers(NS, None, &bound, policies).len(),
+            1,
+            "a selector run finishes it too"
         );
-        assert!(leftovers(NS, "data", &[marked("Released", "apps/other")], policies).is_empty());
+        let other = [marked("Released", "apps/other/old-uid")];
+        assert!(leftovers(NS, Some(&data), &other, policies).is_empty());
+        let rebound = [marked("Released", "apps/data/a-newer-uid")];
         assert!(
-            leftovers(
-                NS,
-                "data",
-                &[volume("Retain", "data", "old-uid", &[])],
-                policies
-            )
-            .is_empty()
+            leftovers(NS, None, &rebound, policies).is_empty(),
+            "the mark's uid must be the claimRef's"
         );
+        let unmarked = [volume("Retain", "data", "old-uid", &[])];
+        assert!(leftovers(NS, None, &unmarked, policies).is_empty());
         assert!(writes_volumes(policies));
         assert!(!writes_volumes(super::tests::policies(InUsePolicy::Evict)));
     }
@@ -901,6 +1256,281 @@ mod tests {
                 policies(InUsePolicy::Fail)
             )
             .is_ok()
+        );
+    }
+
+    // Unset class, legacy claims, claims being deleted.
+
+    #[test]
+    fn an_unset_class_needs_nothing() {
+        assert_eq!(
+            triage(Some(&claim(Some("a"), Some("pv-1"))), None),
+            Triage::Nothing(Nothing::Unset)
+        );
+    }
+
+    #[test]
+    fn a_legacy_claim_is_judged_by_its_beta_annotation() {
+        let mut legacy = claim(None, None);
+        legacy.metadata.annotations =
+            Some([(BETA_CLASS_ANNOTATION.to_owned(), "a".to_owned())].into());
+        assert_eq!(claim_class(&legacy), Some("a"));
+        assert_eq!(triage(Some(&legacy), Some(&target())), MIGRATE);
+        let on_target = claim_class_annotated("b");
+        assert_eq!(
+            triage(Some(&on_target), Some(&target())),
+            Triage::Nothing(Nothing::OnTarget)
+        );
+    }
+
+    fn claim_class_annotated(class: &str) -> PersistentVolumeClaim {
+        let mut legacy = claim(None, None);
+        legacy.metadata.annotations =
+            Some([(BETA_CLASS_ANNOTATION.to_owned(), class.to_owned())].into());
+        legacy
+    }
+
+    #[test]
+    fn a_claim_being_deleted_is_waited_out_whatever_its_class() {
+        for (class, target, class_change) in [
+            (Some("b"), Some(target()), false),
+            (None, Some(target()), false),
+            (Some("a"), None, false),
+            (Some("a"), Some(target()), true),
+        ] {
+            assert_eq!(
+                triage(Some(&deleting(claim(class, None))), target.as_ref()),
+                Triage::Migrate {
+                    resume: true,
+                    class_change
+                },
+                "{class:?} {target:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn waiting_out_a_claim_never_deletes_its_volume() {
+        let pv = volume(
+            "Retain",
+            "data",
+            "claim-uid",
+            &["kubernetes.io/pv-protection"],
+        );
+        let claim = deleting(claim(Some("b"), Some("pv-1")));
+        let target = target();
+        let facts = Facts {
+            claim: &claim,
+            volume: Some(&pv),
+            pods: &[],
+            budgets: &[],
+            reserved: &BudgetUse::new(),
+            target: Some(&target),
+            target_exists: false,
+            class_change: false,
+        };
+        let policies = Policies {
+            in_use: InUsePolicy::Evict,
+            delete_retained_pv: true,
+            strip_all_finalizers: true,
+        };
+        let plan = plan(facts, policies).unwrap();
+        assert!(plan.resume);
+        assert_eq!(plan.volume.plan().unwrap().action, VolumeAction::Keep);
+    }
+
+    // Budgets.
+
+    fn ready(mut pod: Pod, labels: &[(&str, &str)], ready: bool) -> Pod {
+        pod.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        pod
+    }
+
+    fn budget(name: &str, app: &str, allowed: i32, healthy: (i32, i32)) -> PodDisruptionBudget {
+        use k8s_openapi::api::policy::v1::{PodDisruptionBudgetSpec, PodDisruptionBudgetStatus};
+        PodDisruptionBudget {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(PodDisruptionBudgetSpec {
+                selector: Some(LabelSelector {
+                    match_labels: Some([("app".to_owned(), app.to_owned())].into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(PodDisruptionBudgetStatus {
+                disruptions_allowed: allowed,
+                current_healthy: healthy.0,
+                desired_healthy: healthy.1,
+                expected_pods: healthy.0,
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn plan_with_budgets(pods: &[Pod], budgets: &[PodDisruptionBudget]) -> Result<Plan, Refusal> {
+        plan_reserved(pods, budgets, &BudgetUse::new())
+    }
+
+    fn plan_reserved(
+        pods: &[Pod],
+        budgets: &[PodDisruptionBudget],
+        reserved: &BudgetUse,
+    ) -> Result<Plan, Refusal> {
+        let claim = claim(Some("a"), None);
+        let target = target();
+        plan(
+            Facts {
+                claim: &claim,
+                volume: None,
+                pods,
+                budgets,
+                reserved,
+                target: Some(&target),
+                target_exists: true,
+                class_change: true,
+            },
+            policies(InUsePolicy::Evict),
+        )
+    }
+
+    #[test]
+    fn a_budget_allowing_no_disruption_refuses() {
+        let pods = [ready(
+            pod("web-0", Some("n"), "data"),
+            &[("app", "web")],
+            true,
+        )];
+        let refusal = plan_with_budgets(&pods, &[budget("web", "web", 0, (1, 1))]).unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::Budgets(vec![BudgetShort {
+                budget: "web".into(),
+                allowed: 0,
+                pods: vec!["web-0".into()]
+            }])
+        );
+    }
+
+    #[test]
+    fn a_budget_is_judged_on_all_the_pods_it_covers() {
+        let pods: Vec<Pod> = (0..3)
+            .map(|i| {
+                ready(
+                    pod(&format!("web-{i}"), Some("n"), "data"),
+                    &[("app", "web")],
+                    true,
+                )
+            })
+            .collect();
+        assert!(matches!(
+            plan_with_budgets(&pods, &[budget("web", "web", 1, (3, 2))]),
+            Err(Refusal::Budgets(_))
+        ));
+        let plan = plan_with_budgets(&pods, &[budget("web", "web", 3, (3, 0))]).unwrap();
+        assert_eq!(plan.evict.len(), 3);
+        let plan = plan_with_budgets(&pods, &[budget("db", "db", 0, (1, 1))]).unwrap();
+        assert_eq!(plan.evict.len(), 3, "a budget of other pods does not apply");
+    }
+
+    #[test]
+    fn disruptions_planned_by_other_claims_of_the_run_count() {
+        let pods = [ready(
+            pod("web-0", Some("n"), "data"),
+            &[("app", "web")],
+            true,
+        )];
+        let budgets = [budget("web", "web", 1, (3, 2))];
+        let plan = plan_with_budgets(&pods, &budgets).unwrap();
+        assert_eq!(plan.budget_use, BudgetUse::from([("web".to_owned(), 1)]));
+        let refusal = plan_reserved(&pods, &budgets, &plan.budget_use).unwrap_err();
+        assert!(
+            refusal
+                .to_string()
+                .starts_with("PodDisruptionBudget web allows 0 disruption(s)"),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn an_unready_pod_goes_while_its_budget_is_healthy() {
+        let pods = [ready(
+            pod("web-0", Some("n"), "data"),
+            &[("app", "web")],
+            false,
+        )];
+        assert!(plan_with_budgets(&pods, &[budget("web", "web", 0, (2, 2))]).is_ok());
+        assert!(plan_with_budgets(&pods, &[budget("web", "web", 0, (1, 2))]).is_err());
+    }
+
+    #[test]
+    fn label_selectors_match_as_the_api_does() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let labels: BTreeMap<String, String> = [("app".to_owned(), "web".to_owned())].into();
+        let expression = |key: &str, operator: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: key.into(),
+                operator: operator.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..Default::default()
+        };
+        assert!(selects(&LabelSelector::default(), &labels));
+        assert!(selects(&expression("app", "In", &["web", "db"]), &labels));
+        assert!(!selects(&expression("app", "NotIn", &["web"]), &labels));
+        assert!(selects(&expression("tier", "DoesNotExist", &[]), &labels));
+        assert!(!selects(&expression("tier", "Exists", &[]), &labels));
+    }
+
+    // Selector scope.
+
+    #[test]
+    fn a_selector_keeps_only_the_release_own_claims() {
+        let mut owned = claim(Some("a"), None);
+        owned.metadata.annotations = Some(
+            [
+                (RELEASE_NAME_ANNOTATION.to_owned(), "app".to_owned()),
+                (RELEASE_NAMESPACE_ANNOTATION.to_owned(), NS.to_owned()),
+            ]
+            .into(),
+        );
+        assert_eq!(in_release(&owned, "app", NS), Ok(()));
+        assert_eq!(
+            in_release(&owned, "other", NS),
+            Err(OutOfScope::OtherRelease {
+                owner: Some("apps/app".into())
+            })
+        );
+        assert!(in_release(&owned, "app", "elsewhere").is_err());
+        assert_eq!(
+            in_release(&claim(Some("a"), None), "app", NS),
+            Err(OutOfScope::OtherRelease { owner: None })
+        );
+        owned.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                kind: "StatefulSet".into(),
+                name: "db".into(),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(
+            in_release(&owned, "app", NS),
+            Err(OutOfScope::StatefulSet { name: "db".into() })
         );
     }
 }

@@ -86,8 +86,8 @@ pub enum Error {
     #[error("cannot load the Kubernetes client configuration: {0}")]
     Config(String),
 
-    #[error("refused, nothing changed: {0}")]
-    Refused(String),
+    #[error("{0}")]
+    Refused(crate::decision::Refusal),
 
     #[error("{request}: {}", describe_kube_error(.source))]
     Api {
@@ -96,8 +96,16 @@ pub enum Error {
         source: Box<kube::Error>,
     },
 
-    #[error("timed out after {} waiting for {what}", humantime::format_duration(*.after))]
-    Timeout { after: Duration, what: String },
+    #[error("timed out after {} waiting for {what}{}", humantime::format_duration(*.after), suffix_last_error(.last_error))]
+    Timeout {
+        after: Duration,
+        what: String,
+        /// The last failure seen meanwhile, which often explains the wait.
+        last_error: Option<String>,
+    },
+
+    #[error("{0}")]
+    Stopped(Stop),
 
     #[error("internal error: {0}")]
     Internal(String),
@@ -121,13 +129,42 @@ impl Error {
             Error::Input(_) | Error::Config(_) => ExitStatus::BadInput,
             Error::Refused(_) => ExitStatus::Refused,
             Error::Api { .. } => ExitStatus::Api,
-            Error::Timeout { .. } => ExitStatus::Timeout,
+            Error::Timeout { .. } | Error::Stopped(_) => ExitStatus::Timeout,
             Error::Internal(_) => ExitStatus::Internal,
         }
     }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a run stopped before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM (the Job's deadline, a node drain, `helm` interrupted) or SIGINT.
+    Signal(&'static str),
+    /// The run's own deadline (`--deadline`).
+    Deadline(Duration),
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stop::Signal(name) => write!(f, "stopped by {name}"),
+            Stop::Deadline(after) => write!(
+                f,
+                "stopped at the run's deadline ({})",
+                humantime::format_duration(*after)
+            ),
+        }
+    }
+}
+
+fn suffix_last_error(error: &Option<String>) -> String {
+    error
+        .as_ref()
+        .map(|e| format!(" (last error: {e})"))
+        .unwrap_or_default()
+}
 
 /// One line for a failed request: the API's own message where it sent one (it names the user, verb
 /// and resource for a 403), else the chain of transport errors.

@@ -1,19 +1,25 @@
 //! storageclass-migrate: lets `helm upgrade` change a PersistentVolumeClaim's storage class.
 //!
-//! [`decision`] decides, from what the API returned, what to do with a claim; [`migrate`] reads
-//! and acts through the API; [`run`] drives every claim of a run.
+//! [`decision`] decides, from what the API returned, what to do with a claim. [`migrate`] reads
+//! and plans a claim, runs its pre-flight and commits it through [`execute`], whose steps live in
+//! [`claim`], [`eviction`] and [`volume`]; [`api`] bounds and retries each request; [`run`]
+//! drives every claim of a run within its deadline.
 
 pub mod api;
+pub mod claim;
 pub mod class;
 pub mod client;
 pub mod config;
 pub mod decision;
 pub mod error;
+pub mod eviction;
+pub mod execute;
 pub mod migrate;
 pub mod run;
 pub mod summary;
 pub mod telemetry;
 pub mod validate;
+pub mod volume;
 pub mod wait;
 
 pub use config::{Args, Config};

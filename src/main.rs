@@ -2,8 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use storageclass_migrate::config::SummaryFormat;
+use storageclass_migrate::config::{LogFormat, SummaryFormat};
 use storageclass_migrate::{Args, Error, ExitStatus, client, run, summary, telemetry};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -15,6 +17,7 @@ async fn main() -> ExitCode {
         Err(e) => return fail_input(&e),
     };
     telemetry::init(args.log_format);
+    report_panics(&args);
     let status = match execute(&args).await {
         Ok(status) => status,
         Err(error) => {
@@ -29,8 +32,8 @@ async fn main() -> ExitCode {
 
 async fn execute(args: &Args) -> Result<ExitStatus, Error> {
     let config = args.config()?;
-    let client = client::connect(&config.connection).await?;
-    let outcomes = run::run(client, &config).await?;
+    let clients = client::connect(&config.connection).await?;
+    let outcomes = run::run(clients.client, clients.no_retry, &config, stop_signals()).await?;
     let lines: Vec<String> = outcomes.iter().map(summary::Outcome::line).collect();
     for (outcome, line) in outcomes.iter().zip(&lines) {
         match args.summary_format {
@@ -42,7 +45,60 @@ async fn execute(args: &Args) -> Result<ExitStatus, Error> {
     Ok(summary::worst(&outcomes))
 }
 
-/// A usage error on one line, exit status 2.
+/// SIGTERM (the Job's deadline, a drain, an interrupted helm) and SIGINT ask the run to stop: it
+/// ends its requests and still reports what it did and what is left.
+fn stop_signals() -> watch::Receiver<Option<&'static str>> {
+    let (send, receive) = watch::channel(None);
+    let listen = |kind: SignalKind, name: &'static str| {
+        let send = send.clone();
+        match signal(kind) {
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    if stream.recv().await.is_some() {
+                        tracing::warn!(signal = name, "stopping");
+                        send.send_replace(Some(name));
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(signal = name, %error, "cannot listen for the signal"),
+        }
+    };
+    listen(SignalKind::terminate(), "SIGTERM");
+    listen(SignalKind::interrupt(), "SIGINT");
+    receive
+}
+
+/// A panic is a bug: it still ends with a summary line and exit status 1.
+fn report_panics(args: &Args) {
+    let termination_log = args.termination_log.clone();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let line = format!("error: internal error: {info}").replace('\n', " ");
+        println!("{line}");
+        summary::write_termination_log(&termination_log, &[line]);
+        std::process::exit(ExitStatus::Internal.code());
+    }));
+}
+
+/// The log format of the command line or `LOG_FORMAT`, read without the parser that failed.
+fn requested_log_format() -> LogFormat {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, arg)| match arg.as_str() {
+            "--log-format" => args.get(i + 1).cloned(),
+            _ => arg.strip_prefix("--log-format=").map(str::to_owned),
+        });
+    match flag.or_else(|| std::env::var("LOG_FORMAT").ok()).as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+/// A usage error on one line, exit status 2, logged in the format asked for (a usage error may be
+/// in another argument than `--log-format`).
 fn fail_input(error: &clap::Error) -> ExitCode {
     let rendered = error.render().to_string();
     let line = rendered
@@ -53,7 +109,8 @@ fn fail_input(error: &clap::Error) -> ExitCode {
         })
         .collect::<Vec<_>>()
         .join(" ");
-    eprintln!("{line}");
+    telemetry::init(requested_log_format());
+    tracing::error!(exit_status = ExitStatus::BadInput.code(), "{line}");
     let termination_log =
         std::env::var_os("TERMINATION_LOG").unwrap_or_else(|| "/dev/termination-log".into());
     summary::write_termination_log(std::path::Path::new(&termination_log), &[line]);

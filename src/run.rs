@@ -1,84 +1,108 @@
-//! A whole run: resolve the desired class, find the claims, migrate each independently.
+//! A whole run: find the claims, then handle each (a few at a time), within one deadline.
 
-use futures::future::join_all;
-use kube::{Api, Client, ResourceExt};
-use tokio::sync::OnceCell;
+use futures::StreamExt;
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::info;
 
-use crate::class::{self, Desired, Target};
+use crate::api::Cluster;
 use crate::config::Config;
+use crate::decision;
 use crate::error::{Error, Request};
-use crate::migrate::{self, Context};
+use crate::migrate::{self, Claim, Context, Stopper};
 use crate::summary::Outcome;
 
-/// Runs every claim of `config`; an error here means no claim was touched.
-pub async fn run(client: Client, config: &Config) -> Result<Vec<Outcome>, Error> {
+/// Runs every claim of `config`; an error here means no claim was touched. `signal` carries the
+/// name of a signal that asks the run to stop.
+pub async fn run(
+    client: Client,
+    evictions: Client,
+    config: &Config,
+    signal: watch::Receiver<Option<&'static str>>,
+) -> Result<Vec<Outcome>, Error> {
     let namespace = config
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let mut ctx = Context {
-        claims: Api::namespaced(client.clone(), &namespace),
-        volumes: Api::all(client.clone()),
-        pods: Api::namespaced(client.clone(), &namespace),
-        classes: Api::all(client.clone()),
-        namespaces: Api::all(client),
-        namespace,
-        target: None,
-        policies: config.policies,
-        dry_run: config.dry_run,
-        timeout: config.timeout,
-        target_exists: OnceCell::new(),
+    let cluster = Cluster::new(client, evictions, namespace, config.timeout);
+    let stop = Stopper {
+        deadline: Instant::now() + config.deadline,
+        after: config.deadline,
+        signal,
     };
-    ctx.target = resolve(&ctx, &config.desired).await?;
-    let names = claim_names(&ctx, config).await?;
+    let mut ctx = Context::new(
+        cluster,
+        config.desired.target(),
+        config.policies,
+        config.dry_run,
+        stop.clone(),
+    );
+    let names = tokio::select! {
+        names = claim_names(&ctx, config) => names?,
+        stop = stop.stopped() => return Err(Error::Stopped(stop)),
+    };
+    let namespace = ctx.cluster.namespace.clone();
     if names.is_empty() {
         ctx.check_namespace().await?;
         let selector = config.selector.as_deref().unwrap_or_default();
-        let key = format!("{}/-l {selector}", ctx.namespace);
         return Ok(vec![Outcome::nothing(
-            key,
-            "no claim matches the selector".into(),
+            format!("{namespace}/-l {selector}"),
+            "no claim of the release matches the selector".into(),
         )]);
     }
-    info!(namespace = %ctx.namespace, claims = %names.join(","), desired = ?ctx.target, dry_run = ctx.dry_run, "start");
-    Ok(join_all(names.iter().map(|name| migrate::migrate(&ctx, name))).await)
-}
-
-/// The desired class as a target; None when the default is asked for and there is none.
-async fn resolve(ctx: &Context, desired: &Desired) -> Result<Option<Target>, Error> {
-    match desired {
-        Desired::Named(name) => Ok(Some(Target::Class(name.clone()))),
-        Desired::NoClass => Ok(Some(Target::NoClass)),
-        Desired::Default => {
-            let classes = ctx
-                .list(
-                    &ctx.classes,
-                    Request::new("list", "storageclasses"),
-                    None,
-                    |_| true,
-                )
-                .await?;
-            let default = class::default_class(&classes).map(|c| Target::Class(c.name_any()));
-            info!(default = ?default, "resolved the cluster's default StorageClass");
-            Ok(default)
+    info!(%namespace, claims = %names.join(","), desired = ?ctx.target, dry_run = ctx.dry_run, concurrency = config.concurrency, "start");
+    ctx.claims = names.clone();
+    let ctx = &ctx;
+    let mut claims: Vec<Claim> = names.iter().map(|n| Claim::new(n)).collect();
+    // Every claim is read, planned and pre-flighted before any is committed: a run changes
+    // nothing unless every claim can go through.
+    futures::stream::iter(claims.iter_mut())
+        .for_each_concurrent(config.concurrency, |claim| migrate::prepare(ctx, claim))
+        .await;
+    let blocked: Vec<String> = claims
+        .iter()
+        .filter(|c| !c.ready())
+        .map(|c| c.name.clone())
+        .collect();
+    if blocked.is_empty() {
+        futures::stream::iter(claims.iter_mut())
+            .for_each_concurrent(config.concurrency, |claim| migrate::commit(ctx, claim))
+            .await;
+    } else {
+        for claim in &mut claims {
+            claim.hold_back(&blocked);
         }
     }
+    Ok(claims.into_iter().map(|c| c.outcome(&namespace)).collect())
 }
 
-/// The names given, then those the selector picks, each once, in that order.
+/// The names given, then the release's own claims that the selector picks, then (in a run that
+/// writes volumes by selector) claims whose volumes an interrupted run marked; each once.
 async fn claim_names(ctx: &Context, config: &Config) -> Result<Vec<String>, Error> {
     let mut names = config.names.clone();
-    if let Some(selector) = &config.selector {
-        let request = Request::new("list", "persistentvolumeclaims").namespace(&ctx.namespace);
-        for claim in ctx
-            .list(&ctx.claims, request, Some(selector), |_| true)
-            .await?
-        {
-            let name = claim.name_any();
-            if !names.contains(&name) {
-                names.push(name);
-            }
+    let Some(selector) = &config.selector else {
+        return Ok(names);
+    };
+    let cluster = &ctx.cluster;
+    let request = Request::new("list", "persistentvolumeclaims").namespace(&cluster.namespace);
+    let release = config.release.as_deref().unwrap_or_default();
+    for claim in cluster
+        .list(&cluster.claims, request, Some(selector), |_| true)
+        .await?
+    {
+        let name = claim.name_any();
+        if let Err(why) = decision::in_release(&claim, release, &cluster.namespace) {
+            info!(claim = %name, release, "left out of the run: {why}");
+            continue;
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    for leftover in ctx.leftovers(None).await? {
+        if !names.contains(&leftover.claim) {
+            names.push(leftover.claim);
         }
     }
     Ok(names)

@@ -40,10 +40,9 @@ pub enum Kind {
     /// A volume that an interrupted run marked; name: the volume.
     MarkedVolume,
     // done, would, left
-    /// The delete-after-claim mark was put on the volume; name: the volume.
+    /// The delete-after-claim mark was put on the volume (left: could not be taken off after a
+    /// failure); name: the volume.
     VolumeMarked,
-    /// The mark was taken off again (or could not be: left); name: the volume.
-    VolumeUnmarked,
     /// The claim was deleted; name: the claim.
     ClaimDeleted,
     /// Claim finalizers were stripped; name: the finalizer.
@@ -158,6 +157,8 @@ pub struct Report {
     done: Vec<Item>,
     would: Vec<Item>,
     left: Vec<Item>,
+    /// The step under way, named in `left` should the run stop there.
+    pending: Option<String>,
 }
 
 impl Report {
@@ -177,6 +178,27 @@ impl Report {
 
     pub fn left(&mut self, kind: Kind, name: Option<&str>, text: impl Into<String>) {
         self.left.push(Item::new(kind, name, text));
+    }
+
+    /// The step about to be taken.
+    pub fn pending(&mut self, step: impl Into<String>) {
+        self.pending = Some(step.into());
+    }
+
+    /// Every step was taken.
+    pub fn settled(&mut self) {
+        self.pending = None;
+    }
+
+    /// The run stopped: the step under way, and what follows it, is left.
+    pub fn stopped(&mut self) {
+        if let Some(step) = self.pending.take() {
+            self.left(
+                Kind::NotReached,
+                None,
+                format!("not finished: {step} and what follows"),
+            );
+        }
     }
 
     pub fn changed(&self) -> bool {

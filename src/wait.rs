@@ -18,8 +18,8 @@ use crate::error::{Error, Request};
 pub enum Waited<K> {
     /// The condition holds; the object if it still exists.
     Done(Option<K>),
-    /// The deadline passed first.
-    TimedOut,
+    /// The deadline passed first; the last failure of the watch, if any, says why it may have.
+    TimedOut { last_error: Option<String> },
 }
 
 /// Waits until `condition` holds for the object `name`, for at most `limit`.
@@ -36,6 +36,7 @@ where
 {
     let deadline = Instant::now() + limit;
     let mut backoff = Duration::from_millis(100);
+    let mut last_error = None;
     loop {
         match timeout_at(
             deadline,
@@ -43,13 +44,15 @@ where
         )
         .await
         {
-            Err(_) => return Ok(Waited::TimedOut),
+            Err(_) => return Ok(Waited::TimedOut { last_error }),
             Ok(Ok(object)) => return Ok(Waited::Done(object)),
             Ok(Err(WaitError::ProbeFailed(error))) => {
+                let described = crate::error::error_chain(&error);
                 if let Some(source) = permanent(error) {
                     return Err(Error::api(request, source));
                 }
-                tracing::warn!(%request, "watch interrupted; re-establishing it");
+                tracing::warn!(%request, error = %described, "watch interrupted; re-establishing it");
+                last_error = Some(described);
                 sleep_until((Instant::now() + backoff).min(deadline)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
-use storageclass_migrate::summary::{Item, Kind, Outcome, Result};
+use storageclass_migrate::summary::{Kind, Outcome, Result as Ending};
 use storageclass_migrate::{Args, ExitStatus, run};
 
 const CLAIM: &str = "/api/v1/namespaces/apps/persistentvolumeclaims/data";
@@ -20,6 +20,8 @@ const VOLUME_WATCH: &str =
     "/api/v1/persistentvolumes?&fieldSelector=metadata.name%3Dpv-1&limit=500";
 const PODS: &str = "/api/v1/namespaces/apps/pods?&limit=500";
 const NAMESPACE: &str = "/api/v1/namespaces/apps";
+const CLASS_B: &str = "/apis/storage.k8s.io/v1/storageclasses/b";
+const MARK: &str = "storageclass-migrate/delete-after-claim";
 
 struct Expect {
     method: &'static str,
@@ -101,20 +103,23 @@ async fn run_against(args: &[&str], expects: Vec<Expect>) -> Vec<Outcome> {
             panic!("unexpected request {} {}", request.method(), request.uri());
         }
     });
-    let argv = [
+    let mut argv = vec![
         "storageclass-migrate",
         "--namespace",
         "apps",
-        "--pvc",
-        "data",
         "--timeout",
         "5s",
     ];
+    if !args.contains(&"--pvc") {
+        argv.extend(["--pvc", "data"]);
+    }
     let config = Args::try_parse_from(argv.iter().chain(args))
         .unwrap()
         .config()
         .unwrap();
-    let outcomes = tokio::time::timeout(Duration::from_secs(10), run::run(client, &config))
+    let (_signal, stop) = tokio::sync::watch::channel(None);
+    let run = run::run(client.clone(), client, &config, stop);
+    let outcomes = tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .expect("run finished")
         .expect("run succeeded");
@@ -148,11 +153,10 @@ fn volume(policy: &str, finalizers: &[&str]) -> Value {
     })
 }
 
-fn class(name: &str, default: bool, created: &str) -> Value {
+fn class(name: &str) -> Value {
     json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": name, "creationTimestamp": created,
-            "annotations": {"storageclass.kubernetes.io/is-default-class": default.to_string()}},
+        "metadata": {"name": name},
         "provisioner": "example.com/none",
     })
 }
@@ -170,50 +174,6 @@ fn pod(name: &str) -> Value {
     })
 }
 
-/// Nothing to do: the claim is on the desired class.
-fn assert_already_on_it(outcome: &Outcome) {
-    assert_eq!(outcome.result, Result::NothingToDo, "{}", outcome.line());
-    assert_eq!(
-        outcome.detail.as_deref(),
-        Some("already on the desired class")
-    );
-}
-
-fn kinds(items: &[Item]) -> Vec<Kind> {
-    items.iter().map(|i| i.kind).collect()
-}
-
-/// The kinds of `items`, a list of `outcome`, are `expected`.
-fn assert_kinds(outcome: &Outcome, items: &[Item], expected: &[Kind]) {
-    assert_eq!(kinds(items), expected, "{}", outcome.line());
-}
-
-/// `GET` of the claim, answered with `claim`.
-fn get_claim(claim: Value) -> Expect {
-    expect("GET", CLAIM, 200, claim)
-}
-
-/// The watch at `uri` (of a claim or a volume), which finds the object gone: an empty list of
-/// `kind`.
-fn gone(uri: &str, kind: &str) -> Expect {
-    expect("GET", uri, 200, list(kind, vec![]))
-}
-
-/// `GET` of class b, which exists.
-fn get_class_b() -> Expect {
-    expect(
-        "GET",
-        "/apis/storage.k8s.io/v1/storageclasses/b",
-        200,
-        class("b", false, "2026-01-01T00:00:00Z"),
-    )
-}
-
-/// The list of the namespace's pods, answered with `pods`.
-fn list_pods(pods: Vec<Value>) -> Expect {
-    expect("GET", PODS, 200, list("PodList", pods))
-}
-
 fn status(code: u16, reason: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason, "message": reason})
 }
@@ -226,6 +186,115 @@ fn namespace() -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}})
 }
 
+fn class_b() -> Expect {
+    expect("GET", CLASS_B, 200, class("b"))
+}
+
+fn pods(items: Vec<Value>) -> Expect {
+    expect("GET", PODS, 200, list("PodList", items))
+}
+
+fn claim_gone() -> Expect {
+    expect(
+        "GET",
+        CLAIM_WATCH,
+        200,
+        list("PersistentVolumeClaimList", vec![]),
+    )
+}
+
+fn volume_gone() -> Expect {
+    expect(
+        "GET",
+        VOLUME_WATCH,
+        200,
+        list("PersistentVolumeList", vec![]),
+    )
+}
+
+/// A merge patch of the volume, after the read that checks it is still the claim's.
+fn patch_volume(read: &Value, dry_run: bool, body: Value) -> [Expect; 2] {
+    let query = if dry_run { "?&dryRun=All" } else { "?" };
+    [
+        expect("GET", VOLUME, 200, read.clone()),
+        expect("PATCH", &format!("{VOLUME}{query}"), 200, read.clone())
+            .body(body)
+            .content_type("application/merge-patch+json"),
+    ]
+}
+
+/// The requests of each part, in order.
+fn seq(parts: Vec<Vec<Expect>>) -> Vec<Expect> {
+    parts.into_iter().flatten().collect()
+}
+
+/// The access reviews of the waits' lists and watches: claims, then (`volumes`) volumes.
+fn waits(volumes: bool) -> Vec<Expect> {
+    let review = |verb: &str, resource: &str, namespace: Option<&str>| {
+        let mut attributes = json!({"verb": verb, "resource": resource});
+        if let Some(namespace) = namespace {
+            attributes["namespace"] = json!(namespace);
+        }
+        expect(
+            "POST",
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews?",
+            201,
+            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes}, "status": {"allowed": true}}),
+        )
+        .body(json!({"spec": {"resourceAttributes": attributes}}))
+    };
+    let mut expects = vec![
+        review("list", "persistentvolumeclaims", Some("apps")),
+        review("watch", "persistentvolumeclaims", Some("apps")),
+    ];
+    if volumes {
+        expects.push(review("list", "persistentvolumes", None));
+        expects.push(review("watch", "persistentvolumes", None));
+    }
+    expects
+}
+
+fn mark_body() -> Value {
+    json!({"metadata": {"resourceVersion": "3", "annotations": {MARK: "apps/data/claim-uid"}}})
+}
+
+fn delete_claim(dry_run: bool, response: Value) -> Expect {
+    let body = if dry_run {
+        json!({"dryRun": ["All"], "preconditions": {"uid": "claim-uid"}})
+    } else {
+        delete_body("claim-uid")
+    };
+    expect("DELETE", &format!("{CLAIM}?"), 200, response).body(body)
+}
+
+fn evict(pod: &str, dry_run: bool) -> Expect {
+    let (query, options) = if dry_run {
+        ("?&dryRun=All", json!({"dryRun": ["All"]}))
+    } else {
+        ("?", Value::Null)
+    };
+    let mut body = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": "apps"}});
+    if !options.is_null() {
+        body["deleteOptions"] = options;
+    }
+    expect(
+        "POST",
+        &format!("/api/v1/namespaces/apps/pods/{pod}/eviction{query}"),
+        201,
+        status(201, "Created"),
+    )
+    .body(body)
+}
+
+fn line(outcomes: &[Outcome]) -> String {
+    outcomes[0].line()
+}
+
+fn kinds(items: &[storageclass_migrate::summary::Item]) -> Vec<Kind> {
+    items.iter().map(|i| i.kind).collect()
+}
+
 #[tokio::test]
 async fn absent_claim_checks_the_namespace_only() {
     let outcomes = run_against(
@@ -236,87 +305,83 @@ async fn absent_claim_checks_the_namespace_only() {
         ],
     )
     .await;
-    assert_eq!(outcomes[0].line(), "apps/data: nothing to do: claim absent");
+    assert_eq!(line(&outcomes), "apps/data: nothing to do: claim absent");
     assert_eq!(outcomes[0].status, ExitStatus::Ok);
+    assert_eq!(outcomes[0].result, Ending::NothingToDo);
 }
 
 #[tokio::test]
 async fn claim_on_desired_class_takes_one_request() {
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![get_claim(claim("b", Some("pv-1"), &[]))],
+        vec![expect("GET", CLAIM, 200, claim("b", Some("pv-1"), &[]))],
     )
     .await;
-    assert_already_on_it(&outcomes[0]);
+    assert_eq!(outcomes[0].result, Ending::NothingToDo);
+    assert_eq!(
+        outcomes[0].detail.as_deref(),
+        Some("already on the desired class")
+    );
 }
 
 #[tokio::test]
-async fn default_class_is_listed_and_newest_wins() {
-    let classes = list(
-        "StorageClassList",
-        vec![
-            class("old", true, "2026-01-01T00:00:00Z"),
-            class("a", true, "2026-02-01T00:00:00Z"),
-            class("b", false, "2026-03-01T00:00:00Z"),
-        ],
-    );
+async fn an_unset_class_changes_nothing_and_lists_no_classes() {
     let outcomes = run_against(
         &[],
-        vec![
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses?&limit=500",
-                200,
-                classes,
-            ),
-            get_claim(claim("a", Some("pv-1"), &[])),
-        ],
+        vec![expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[]))],
     )
     .await;
-    assert_already_on_it(&outcomes[0]);
+    assert_eq!(outcomes[0].result, Ending::NothingToDo);
+    assert!(
+        outcomes[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("no class desired"),
+        "{}",
+        line(&outcomes)
+    );
 }
 
 #[tokio::test]
-async fn retained_volume_deleted_on_request_with_uid_preconditions() {
-    let outcomes = run_against(
-        &["--storage-class", "b", "--delete-retained-pv"],
-        vec![
-            get_claim(claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"])),
-            get_class_b(),
-            expect(
-                "GET",
-                VOLUME,
-                200,
-                volume("Retain", &["kubernetes.io/pv-protection"]),
-            ),
-            list_pods(vec![]),
-            expect("PATCH", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
-                .body(json!({"metadata": {"uid": "pv-uid", "annotations": {"storageclass-migrate/delete-after-claim": "apps/data"}}}))
-                .content_type("application/merge-patch+json"),
-            expect(
-                "DELETE",
-                &format!("{CLAIM}?"),
-                200,
-                deleting(claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"])),
-            )
-            .body(delete_body("claim-uid")),
-            gone(CLAIM_WATCH, "PersistentVolumeClaimList"),
-            expect("GET", VOLUME, 200, volume("Retain", &[])),
-            expect("DELETE", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
-                .body(json!({"propagationPolicy": "Background", "preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
-            gone(VOLUME_WATCH, "PersistentVolumeList"),
-        ],
-    )
-    .await;
-    let outcome = &outcomes[0];
-    assert_eq!(outcome.status, ExitStatus::Ok, "{}", outcome.line());
-    assert_eq!(outcome.result, Result::Migrated);
-    assert_kinds(
-        outcome,
-        &outcome.done,
-        &[Kind::ClaimDeleted, Kind::ClaimGone, Kind::VolumeDeleted],
+async fn retained_volume_deleted_on_request_is_switched_to_delete_after_a_preflight() {
+    let claim_read = claim("a", Some("pv-1"), &["kubernetes.io/pvc-protection"]);
+    let pv = volume("Retain", &["kubernetes.io/pv-protection"]);
+    let reclaim = json!({"metadata": {"resourceVersion": "3"}, "spec": {"persistentVolumeReclaimPolicy": "Delete"}});
+    let mut expects = vec![
+        expect("GET", CLAIM, 200, claim_read.clone()),
+        class_b(),
+        expect("GET", VOLUME, 200, pv.clone()),
+        pods(vec![]),
+    ];
+    // The pre-flight: the waits' rights, then every write as a dry run.
+    expects.extend(waits(true));
+    expects.extend(patch_volume(&pv, true, mark_body()));
+    expects.push(delete_claim(true, claim_read.clone()));
+    expects.extend(patch_volume(&pv, true, reclaim.clone()));
+    // The commit.
+    expects.extend(patch_volume(&pv, false, mark_body()));
+    expects.push(delete_claim(false, deleting(claim_read)));
+    expects.push(pods(vec![]));
+    expects.push(claim_gone());
+    expects.extend(patch_volume(&pv, false, reclaim));
+    expects.push(volume_gone());
+    let outcomes = run_against(&["--storage-class", "b", "--delete-retained-pv"], expects).await;
+    assert_eq!(outcomes[0].status, ExitStatus::Ok, "{}", line(&outcomes));
+    assert_eq!(
+        kinds(&outcomes[0].done),
+        [
+            Kind::VolumeMarked,
+            Kind::ClaimDeleted,
+            Kind::ClaimGone,
+            Kind::VolumeReclaimDelete,
+            Kind::VolumeReclaimed
+        ]
     );
-    assert!(outcome.left.is_empty(), "{}", outcome.line());
+    assert!(
+        outcomes[0].would.is_empty(),
+        "the pre-flight is not reported"
+    );
 }
 
 #[tokio::test]
@@ -324,185 +389,304 @@ async fn retained_volume_is_kept_and_named() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         vec![
-            get_claim(claim("a", Some("pv-1"), &[])),
-            get_class_b(),
+            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+            class_b(),
             expect("GET", VOLUME, 200, volume("Retain", &[])),
-            list_pods(vec![]),
-            expect(
-                "DELETE",
-                &format!("{CLAIM}?"),
-                200,
-                deleting(claim("a", Some("pv-1"), &[])),
-            ),
-            gone(CLAIM_WATCH, "PersistentVolumeClaimList"),
-        ],
+            pods(vec![]),
+        ]
+        .into_iter()
+        .chain(waits(false))
+        .chain([
+            delete_claim(true, claim("a", Some("pv-1"), &[])),
+            delete_claim(false, deleting(claim("a", Some("pv-1"), &[]))),
+            pods(vec![]),
+            claim_gone(),
+        ])
+        .collect(),
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_kinds(outcome, &outcome.left, &[Kind::VolumeKept]);
-    assert_eq!(outcome.left[0].name.as_deref(), Some("pv-1"));
+    assert_eq!(kinds(&outcomes[0].left), [Kind::VolumeKept]);
+    assert_eq!(outcomes[0].left[0].name.as_deref(), Some("pv-1"));
+    assert!(
+        line(&outcomes).ends_with("left: PV pv-1 (Retain) with the old data"),
+        "{}",
+        line(&outcomes)
+    );
 }
 
 #[tokio::test]
-async fn dry_run_sends_deletes_and_evictions_with_dry_run_all() {
+async fn dry_run_sends_every_write_with_dry_run_all_and_nothing_else() {
+    let pv = volume("Retain", &[]);
+    let reclaim = json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}});
+    let mut expects = vec![
+        expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+        class_b(),
+        expect("GET", VOLUME, 200, pv.clone()),
+        pods(vec![pod("web-0")]),
+        expect(
+            "GET",
+            "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
+            200,
+            list("PodDisruptionBudgetList", vec![]),
+        ),
+    ];
+    expects.extend(waits(true));
+    expects.extend(patch_volume(&pv, true, mark_body()));
+    expects.push(delete_claim(true, claim("a", Some("pv-1"), &[])));
+    expects.push(evict("web-0", true));
+    expects.extend(patch_volume(&pv, true, reclaim));
     let outcomes = run_against(
         &["--storage-class", "b", "--dry-run", "--delete-retained-pv"],
-        vec![
-            get_claim(claim("a", Some("pv-1"), &[])),
-            get_class_b(),
-            expect("GET", VOLUME, 200, volume("Retain", &[])),
-            list_pods(vec![pod("web-0")]),
-            expect("DELETE", &format!("{CLAIM}?"), 200, deleting(claim("a", Some("pv-1"), &[])))
-                .body(json!({"dryRun": ["All"], "preconditions": {"uid": "claim-uid"}})),
-            expect("POST", "/api/v1/namespaces/apps/pods/web-0/eviction?&dryRun=All", 201, status(201, "Created"))
-                .body(json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-0", "namespace": "apps"}, "deleteOptions": {"dryRun": ["All"]}})),
-            expect("GET", VOLUME, 200, volume("Retain", &[])),
-            expect("DELETE", &format!("{VOLUME}?"), 200, volume("Retain", &[]))
-                .body(json!({"dryRun": ["All"], "preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
-        ],
+        expects,
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_eq!(outcome.result, Result::DryRun, "{}", outcome.line());
-    assert_eq!(outcome.detail.as_deref(), Some("class \"b\""));
-    assert!(
-        outcome.done.is_empty() && !outcome.changed,
-        "{}",
-        outcome.line()
-    );
-    assert!(
-        kinds(&outcome.would).contains(&Kind::PodEvicted),
-        "{}",
-        outcome.line()
+    assert_eq!(outcomes[0].result, Ending::DryRun);
+    assert!(!outcomes[0].changed);
+    assert_eq!(
+        kinds(&outcomes[0].would),
+        [
+            Kind::VolumeMarked,
+            Kind::ClaimDeleted,
+            Kind::PodEvicted,
+            Kind::VolumeReclaimDelete
+        ]
     );
 }
 
 #[tokio::test]
 async fn force_strips_pvc_protection_with_a_resource_version_merge_patch_and_retries_a_conflict() {
     let finalizers = ["kubernetes.io/pvc-protection", "example.com/keep"];
+    let read = claim("a", None, &finalizers);
     let deleted = deleting(claim("a", None, &finalizers));
     let patch =
-        || json!({"metadata": {"finalizers": ["example.com/keep"], "resourceVersion": "8"}});
+        |rv: &str| json!({"metadata": {"finalizers": ["example.com/keep"], "resourceVersion": rv}});
     let outcomes = run_against(
         &["--storage-class", "b", "--in-use", "force"],
-        vec![
-            get_claim(claim("a", None, &finalizers)),
-            get_class_b(),
-            list_pods(vec![pod("web-0")]),
-            expect("DELETE", &format!("{CLAIM}?"), 200, deleted.clone()),
-            expect("GET", CLAIM, 200, deleted.clone()),
-            expect("PATCH", &format!("{CLAIM}?"), 409, status(409, "Conflict"))
-                .body(patch())
-                .content_type("application/merge-patch+json"),
-            expect("GET", CLAIM, 200, deleted.clone()),
-            expect("PATCH", &format!("{CLAIM}?"), 200, deleted.clone()).body(patch()),
-            gone(CLAIM_WATCH, "PersistentVolumeClaimList"),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, read.clone()),
+                class_b(),
+                pods(vec![pod("web-0")]),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, read.clone()),
+                expect("GET", CLAIM, 200, read.clone()),
+                expect("PATCH", &format!("{CLAIM}?&dryRun=All"), 200, read.clone())
+                    .body(patch("7")),
+                delete_claim(false, deleted.clone()),
+                expect("GET", CLAIM, 200, deleted.clone()),
+                expect("PATCH", &format!("{CLAIM}?"), 409, status(409, "Conflict"))
+                    .body(patch("8"))
+                    .content_type("application/merge-patch+json"),
+                expect("GET", CLAIM, 200, deleted.clone()),
+                expect("PATCH", &format!("{CLAIM}?"), 200, deleted.clone()).body(patch("8")),
+                claim_gone(),
+            ],
+        ]),
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_eq!(outcome.status, ExitStatus::Ok, "{}", outcome.line());
-    assert_kinds(
-        outcome,
-        &outcome.done,
-        &[
-            Kind::ClaimDeleted,
-            Kind::ClaimFinalizerStripped,
-            Kind::ClaimGone,
-        ],
-    );
-    // Only pvc-protection: the other controller's finalizer stays.
+    assert_eq!(outcomes[0].status, ExitStatus::Ok, "{}", line(&outcomes));
+    let stripped: Vec<_> = outcomes[0]
+        .done
+        .iter()
+        .filter(|i| i.kind == Kind::ClaimFinalizerStripped)
+        .map(|i| i.name.as_deref())
+        .collect();
+    assert_eq!(stripped, [Some("kubernetes.io/pvc-protection")]);
+}
+
+#[tokio::test]
+async fn evict_deletes_the_claim_first_then_evicts_the_pods_listed_again() {
+    let read = claim("a", None, &["kubernetes.io/pvc-protection"]);
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, read.clone()),
+                class_b(),
+                pods(vec![pod("web-0")]),
+                expect(
+                    "GET",
+                    "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
+                    200,
+                    list("PodDisruptionBudgetList", vec![]),
+                ),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, read.clone()),
+                evict("web-0", true),
+                delete_claim(false, deleting(read)),
+                // A pod scheduled after the first list is evicted too.
+                pods(vec![pod("web-0"), pod("web-1")]),
+                evict("web-0", false),
+                evict("web-1", false),
+                claim_gone(),
+            ],
+        ]),
+    )
+    .await;
     assert_eq!(
-        outcome.done[1].text,
-        "stripped claim finalizers kubernetes.io/pvc-protection"
+        kinds(&outcomes[0].done),
+        [
+            Kind::ClaimDeleted,
+            Kind::PodEvicted,
+            Kind::PodEvicted,
+            Kind::ClaimGone
+        ]
     );
 }
 
 #[tokio::test]
-async fn evict_deletes_the_claim_first_then_posts_evictions() {
+async fn a_budget_refusing_the_dry_run_eviction_changes_nothing() {
+    let read = claim("a", None, &["kubernetes.io/pvc-protection"]);
+    let refused = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 429, "reason": "TooManyRequests",
+        "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+        "details": {"causes": [{"reason": "DisruptionBudget", "message": "The disruption budget web needs 1 healthy pods and has 1 currently"}]}});
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![
-            get_claim(claim("a", None, &["kubernetes.io/pvc-protection"])),
-            get_class_b(),
-            list_pods(vec![pod("web-0")]),
-            expect(
-                "DELETE",
-                &format!("{CLAIM}?"),
-                200,
-                deleting(claim("a", None, &["kubernetes.io/pvc-protection"])),
-            ),
-            expect(
-                "POST",
-                "/api/v1/namespaces/apps/pods/web-0/eviction?",
-                201,
-                status(201, "Created"),
-            )
-            .body(json!({"kind": "Eviction", "metadata": {"name": "web-0", "namespace": "apps"}})),
-            gone(CLAIM_WATCH, "PersistentVolumeClaimList"),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, read.clone()),
+                class_b(),
+                pods(vec![pod("web-0")]),
+                expect(
+                    "GET",
+                    "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
+                    200,
+                    list("PodDisruptionBudgetList", vec![]),
+                ),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, read),
+                // Answered once: a budget's 429 is never retried.
+                expect(
+                    "POST",
+                    "/api/v1/namespaces/apps/pods/web-0/eviction?&dryRun=All",
+                    429,
+                    refused,
+                ),
+            ],
+        ]),
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_kinds(
-        outcome,
-        &outcome.done,
-        &[Kind::ClaimDeleted, Kind::PodEvicted, Kind::ClaimGone],
-    );
-    assert_eq!(outcome.done[1].name.as_deref(), Some("web-0"));
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    assert!(!outcomes[0].changed);
+    let error = outcomes[0].error.as_deref().unwrap();
+    assert!(error.contains("disruption budget web"), "{error}");
 }
 
 #[tokio::test]
 async fn replaced_claim_is_refused_on_uid_precondition() {
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![
-            get_claim(claim("a", None, &[])),
-            get_class_b(),
-            list_pods(vec![]),
-            expect("DELETE", &format!("{CLAIM}?"), 409, status(409, "Conflict")),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![]),
+            ],
+            waits(false),
+            vec![expect(
+                "DELETE",
+                &format!("{CLAIM}?"),
+                409,
+                status(409, "Conflict"),
+            )],
+        ]),
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_eq!(outcome.status, ExitStatus::Refused, "{}", outcome.line());
-    assert_eq!(outcome.result, Result::Refused);
-    assert!(!outcome.changed);
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
     assert!(
-        outcome
+        line(&outcomes).starts_with("apps/data: refused, nothing changed"),
+        "{}",
+        line(&outcomes)
+    );
+    assert!(
+        outcomes[0]
             .error
             .as_deref()
-            .unwrap_or_default()
-            .starts_with("the claim was replaced"),
-        "{}",
-        outcome.line()
+            .unwrap()
+            .starts_with("the claim was replaced")
     );
 }
 
 #[tokio::test]
-async fn forbidden_names_the_verb_and_resource() {
+async fn forbidden_in_the_preflight_names_the_verb_and_resource_and_changes_nothing() {
     let forbidden = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403, "reason": "Forbidden",
         "message": "persistentvolumeclaims \"data\" is forbidden: User \"system:serviceaccount:apps:hook\" cannot delete resource \"persistentvolumeclaims\" in API group \"\" in the namespace \"apps\""});
     let outcomes = run_against(
         &["--storage-class", "b"],
-        vec![
-            get_claim(claim("a", None, &[])),
-            get_class_b(),
-            list_pods(vec![]),
-            expect("DELETE", &format!("{CLAIM}?"), 403, forbidden),
-        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![]),
+            ],
+            waits(false),
+            vec![
+                expect("DELETE", &format!("{CLAIM}?"), 403, forbidden)
+                    .body(json!({"dryRun": ["All"]})),
+            ],
+        ]),
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_eq!(outcome.status, ExitStatus::Api, "{}", outcome.line());
-    assert_eq!(outcome.result, Result::Failed);
+    assert_eq!(outcomes[0].status, ExitStatus::Api);
+    assert!(!outcomes[0].changed);
     assert!(
-        outcome.error.as_deref().unwrap_or_default().contains(
+        outcomes[0].error.as_deref().unwrap().starts_with(
             "delete persistentvolumeclaims \"data\" in namespace \"apps\": HTTP 403 Forbidden: "
         ),
         "{}",
-        outcome.line()
+        line(&outcomes)
     );
+}
+
+#[tokio::test]
+async fn an_admission_rejection_in_the_preflight_is_a_refusal() {
+    let invalid = status(422, "Invalid");
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![]),
+            ],
+            waits(false),
+            vec![expect("DELETE", &format!("{CLAIM}?"), 422, invalid)],
+        ]),
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    assert!(!outcomes[0].changed);
+}
+
+#[tokio::test]
+async fn a_failure_after_the_claim_delete_is_part_way() {
+    let read = claim("a", None, &[]);
+    let outcomes = run_against(
+        &["--storage-class", "b", "--in-use", "fail"],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, read.clone()),
+                class_b(),
+                pods(vec![]),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, read.clone()),
+                delete_claim(false, deleting(read)),
+                expect("GET", CLAIM_WATCH, 403, status(403, "Forbidden")),
+            ],
+        ]),
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::PartWay);
+    assert_eq!(outcomes[0].result, Ending::PartWay);
+    assert_eq!(kinds(&outcomes[0].done), [Kind::ClaimDeleted]);
 }
 
 #[tokio::test]
@@ -510,76 +694,84 @@ async fn missing_target_class_is_refused_before_any_change() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         vec![
-            get_claim(claim("a", Some("pv-1"), &[])),
-            expect(
-                "GET",
-                "/apis/storage.k8s.io/v1/storageclasses/b",
-                404,
-                status(404, "NotFound"),
-            ),
+            expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
+            expect("GET", CLASS_B, 404, status(404, "NotFound")),
             expect("GET", VOLUME, 200, volume("Delete", &[])),
-            list_pods(vec![]),
+            pods(vec![]),
         ],
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_eq!(outcome.status, ExitStatus::Refused, "{}", outcome.line());
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
     assert!(
-        outcome
+        outcomes[0]
             .error
             .as_deref()
-            .unwrap_or_default()
+            .unwrap()
             .contains("StorageClass \"b\" does not exist"),
         "{}",
-        outcome.line()
+        line(&outcomes)
     );
 }
 
 #[tokio::test]
-async fn selector_lists_claims_by_label() {
+async fn a_selector_takes_only_the_release_own_claims() {
+    let mut owned = claim("b", None, &[]);
+    owned["metadata"]["annotations"] =
+        json!({"meta.helm.sh/release-name": "shop", "meta.helm.sh/release-namespace": "apps"});
+    let mut foreign = claim("a", None, &[]);
+    foreign["metadata"]["name"] = json!("db-data-db-0");
     let outcomes = run_against(
-        &["--selector", "app=db", "--storage-class", "b"],
+        &[
+            "--selector",
+            "app=db",
+            "--release",
+            "shop",
+            "--storage-class",
+            "b",
+        ],
         vec![
             expect(
                 "GET",
                 "/api/v1/namespaces/apps/persistentvolumeclaims?&labelSelector=app%3Ddb&limit=500",
                 200,
-                list("PersistentVolumeClaimList", vec![claim("b", None, &[])]),
+                list("PersistentVolumeClaimList", vec![owned.clone(), foreign]),
             ),
-            get_claim(claim("b", None, &[])),
+            expect("GET", CLAIM, 200, owned),
         ],
     )
     .await;
     assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].claim, "apps/data");
 }
 
 #[tokio::test]
 async fn a_volume_marked_by_an_interrupted_run_is_finished() {
     let mut marked = volume("Retain", &[]);
-    marked["metadata"]["annotations"] =
-        json!({"storageclass-migrate/delete-after-claim": "apps/data"});
+    marked["metadata"]["annotations"] = json!({MARK: "apps/data/claim-uid"});
     marked["status"]["phase"] = json!("Released");
-    let outcomes = run_against(
-        &["--storage-class", "b", "--delete-retained-pv"],
-        vec![
-            expect("GET", CLAIM, 404, status(404, "NotFound")),
-            expect("GET", NAMESPACE, 200, namespace()),
-            expect(
-                "GET",
-                "/api/v1/persistentvolumes?&limit=500",
-                200,
-                list("PersistentVolumeList", vec![marked.clone()]),
-            ),
-            expect("GET", VOLUME, 200, marked.clone()),
-            expect("DELETE", &format!("{VOLUME}?"), 200, marked)
-                .body(json!({"preconditions": {"uid": "pv-uid", "resourceVersion": "3"}})),
-            gone(VOLUME_WATCH, "PersistentVolumeList"),
-        ],
-    )
-    .await;
+    let reclaim = json!({"metadata": {"resourceVersion": "3"}, "spec": {"persistentVolumeReclaimPolicy": "Delete"}});
+    let mut expects = vec![
+        expect("GET", CLAIM, 404, status(404, "NotFound")),
+        expect("GET", NAMESPACE, 200, namespace()),
+        expect(
+            "GET",
+            "/api/v1/persistentvolumes?&limit=500",
+            200,
+            list("PersistentVolumeList", vec![marked.clone()]),
+        ),
+    ];
+    expects.extend(patch_volume(&marked, true, reclaim.clone()));
+    expects.extend(patch_volume(&marked, false, reclaim));
+    expects.push(volume_gone());
+    let outcomes = run_against(&["--storage-class", "b", "--delete-retained-pv"], expects).await;
+    assert_eq!(outcomes[0].result, Ending::Finished);
     assert_eq!(
-        outcomes[0].line(),
-        "apps/data: finished an interrupted migration: marked volumes of apps/data: found claim absent, PV pv-1 (Retain) left by an interrupted run; done: PV pv-1 (Retain) deleted"
+        kinds(&outcomes[0].found),
+        [Kind::ClaimAbsent, Kind::MarkedVolume]
+    );
+    assert_eq!(
+        kinds(&outcomes[0].done),
+        [Kind::VolumeReclaimDelete, Kind::VolumeReclaimed]
     );
 }
 
@@ -589,11 +781,11 @@ async fn a_server_error_is_retried() {
         &["--storage-class", "b"],
         vec![
             expect("GET", CLAIM, 500, status(500, "InternalError")),
-            get_claim(claim("b", None, &[])),
+            expect("GET", CLAIM, 200, claim("b", None, &[])),
         ],
     )
     .await;
-    assert_already_on_it(&outcomes[0]);
+    assert_eq!(outcomes[0].result, Ending::NothingToDo);
 }
 
 #[tokio::test]
@@ -606,11 +798,9 @@ async fn a_missing_namespace_is_bad_input() {
         ],
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_eq!(outcome.status, ExitStatus::BadInput, "{}", outcome.line());
-    assert_eq!(outcome.result, Result::Failed);
+    assert_eq!(outcomes[0].status, ExitStatus::BadInput);
     assert_eq!(
-        outcome.error.as_deref(),
+        outcomes[0].error.as_deref(),
         Some("namespace \"apps\" does not exist")
     );
 }
@@ -627,8 +817,8 @@ async fn pods_are_listed_page_by_page() {
     let outcomes = run_against(
         &["--storage-class", "b", "--in-use", "fail"],
         vec![
-            get_claim(claim("a", None, &[])),
-            get_class_b(),
+            expect("GET", CLAIM, 200, claim("a", None, &[])),
+            class_b(),
             expect("GET", PODS, 200, first),
             expect(
                 "GET",
@@ -639,14 +829,102 @@ async fn pods_are_listed_page_by_page() {
         ],
     )
     .await;
-    let outcome = &outcomes[0];
-    assert_eq!(outcome.status, ExitStatus::Refused, "{}", outcome.line());
-    assert_eq!(outcome.found[0].kind, Kind::Class);
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
     assert!(
-        outcome.error.as_deref().unwrap_or_default().ends_with(
-            "in use by pod web-0 on node node-1 (--in-use fail); stop them or choose --in-use evict"
-        ),
+        outcomes[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("in use by pod web-0 on node node-1"),
         "{}",
-        outcome.line()
+        line(&outcomes)
+    );
+}
+
+#[tokio::test]
+async fn a_claim_that_cannot_go_through_holds_back_the_others() {
+    let other = |class: &str| {
+        let mut c = claim(class, None, &[]);
+        c["metadata"]["name"] = json!("logs");
+        c["metadata"]["uid"] = json!("logs-uid");
+        c
+    };
+    let mut user = pod("web-0");
+    user["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = json!("logs");
+    let logs = "/api/v1/namespaces/apps/persistentvolumeclaims/logs";
+    let outcomes = run_against(
+        &[
+            "--pvc",
+            "data,logs",
+            "--storage-class",
+            "b",
+            "--in-use",
+            "fail",
+            "--concurrency",
+            "1",
+        ],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![user]),
+            ],
+            waits(false),
+            vec![
+                delete_claim(true, claim("a", None, &[])),
+                expect("GET", logs, 200, other("a")),
+            ],
+        ]),
+    )
+    .await;
+    assert_eq!(
+        outcomes[1].status,
+        ExitStatus::Refused,
+        "{}",
+        outcomes[1].line()
+    );
+    assert_eq!(
+        outcomes[0].status,
+        ExitStatus::Refused,
+        "{}",
+        outcomes[0].line()
+    );
+    assert!(
+        outcomes[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("held back: logs"),
+        "{}",
+        outcomes[0].line()
+    );
+    assert!(!outcomes[0].changed && !outcomes[1].changed);
+}
+
+#[tokio::test]
+async fn a_wait_that_would_be_forbidden_stops_the_run_before_any_change() {
+    let denied = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {}, "status": {"allowed": false}});
+    let mut reviews = waits(false);
+    reviews[1].status = 201;
+    reviews[1].response = denied;
+    let outcomes = run_against(
+        &["--storage-class", "b"],
+        seq(vec![
+            vec![
+                expect("GET", CLAIM, 200, claim("a", None, &[])),
+                class_b(),
+                pods(vec![]),
+            ],
+            reviews,
+        ]),
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Api);
+    assert!(!outcomes[0].changed);
+    let error = outcomes[0].error.as_deref().unwrap();
+    assert!(
+        error.starts_with("watch persistentvolumeclaims in namespace \"apps\": HTTP 403"),
+        "{error}"
     );
 }

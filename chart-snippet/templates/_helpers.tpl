@@ -8,6 +8,13 @@ _hook.tpl; everything here is internal and may change between versions.
 ^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$
 {{- end -}}
 
+{{- /*
+Seconds between the binary's own deadline (DEADLINE) and the Job's activeDeadlineSeconds.
+*/ -}}
+{{- define "storageclass-migrate.deadlineMargin" -}}
+15
+{{- end -}}
+
 {{- /* The duration syntax accepted for the timeout setting (a subset of what the binary parses). */ -}}
 {{- define "storageclass-migrate.durationPattern" -}}
 ^([0-9]+(ms|s|m|h))+$
@@ -129,13 +136,18 @@ and "values" arguments).
 {{- $_ = set $out "claims" $claims -}}
 {{- $_ = set $out "selector" $selector -}}
 
-{{- /* The desired class, in the chart's own convention: a name, "" or null for the default, "-" for none. */ -}}
+{{- /*
+The desired class, in the chart's own convention: a name; "-" for no class (storageClassName: "");
+"" or null when the claim template leaves storageClassName out. Helm never changes a field that
+both manifests omit, so the binary takes "" as nothing to do: the claim keeps whatever class it
+got, even when the cluster's default class changes. To move claims to the default class, name it.
+*/ -}}
 {{- $class := get $args "storageClass" -}}
 {{- if kindIs "invalid" $class -}}
 {{- $class = "" -}}
 {{- end -}}
 {{- if not (kindIs "string" $class) -}}
-{{- fail (printf "%s: \"storageClass\" must be a string (a class name, \"\" for the cluster's default class, \"-\" for none), got %v" $p $class) -}}
+{{- fail (printf "%s: \"storageClass\" must be a string (a class name; \"-\" for no class; \"\" when the claim template leaves the class out, which the hook leaves alone), got %v" $p $class) -}}
 {{- end -}}
 {{- $_ = set $out "storageClass" $class -}}
 
@@ -196,9 +208,18 @@ and "values" arguments).
 {{- fail (printf "%s: %s must be a number; got %v" $p $key (get $s $key)) -}}
 {{- end -}}
 {{- end -}}
-{{- if le (mul (int64 $s.activeDeadlineSeconds) 1000) (mul $timeoutMs 2) -}}
-{{- fail (printf "%s: activeDeadlineSeconds (%d) must exceed twice the timeout (%s: one wait for the claim, one for its volume), so that the hook can report its own timeout; keep it below helm's --timeout" $p (int64 $s.activeDeadlineSeconds) $timeout) -}}
+{{- /*
+One deadline for the run: the binary stops at DEADLINE and reports what it did and what is left,
+deadlineMargin seconds before the Job's activeDeadlineSeconds would kill the pod without a
+summary (the margin covers the pod's start, which counts against activeDeadlineSeconds, and the
+report). The deadline must leave room for the two waits of one claim (claim gone, volume gone).
+*/ -}}
+{{- $margin := int64 (include "storageclass-migrate.deadlineMargin" dict) -}}
+{{- $deadline := sub (int64 $s.activeDeadlineSeconds) $margin -}}
+{{- if le (mul $deadline 1000) (mul $timeoutMs 2) -}}
+{{- fail (printf "%s: the run's deadline, activeDeadlineSeconds (%d) minus %ds for the pod's start and the report, must exceed twice the timeout (%s: one wait for the claim, one for its volume); raise activeDeadlineSeconds above %d or lower timeout, and keep activeDeadlineSeconds below helm's --timeout (300s by default)" $p (int64 $s.activeDeadlineSeconds) $margin $timeout (add $margin (div (mul $timeoutMs 2) 1000))) -}}
 {{- end -}}
+{{- $_ = set $out "deadline" (printf "%ds" $deadline) -}}
 {{- if lt (int64 $s.backoffLimit) 0 -}}
 {{- fail (printf "%s: backoffLimit must not be negative; got %v" $p $s.backoffLimit) -}}
 {{- end -}}
@@ -259,10 +280,15 @@ helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 
 {{- /*
 rules (dict "rules" LIST "state" STATE): the RBAC rules of rbac-rules.json that the settings need.
-"when": always | inUseEvict (inUse is evict) | writeVolumes (deleteRetainedPV or
-stripAllFinalizers); "limitToClaimNames": the rule names the claims when they are given by name
-only (a selector picks names unknown here); "limitToNamespace": the rule names the release's
-namespace.
+"when":
+  always              every setting
+  inUseEvict          inUse is evict (evictions, and the PodDisruptionBudgets checked first)
+  patchClaims         inUse is force, or stripAllFinalizers (finalizer patches of the claim)
+  writeVolumes        deleteRetainedPV or stripAllFinalizers (the volume's mark, reclaim policy
+                      and finalizer patches)
+  stripAllFinalizers  stripAllFinalizers (the volume is deleted by the hook, not its provisioner)
+"limitToClaimNames": the rule names the claims when they are given by name only (a selector
+picks names unknown here); "limitToNamespace": the rule names the release's namespace.
 */ -}}
 {{- define "storageclass-migrate.rules" -}}
 {{- $state := .state -}}
@@ -278,8 +304,12 @@ namespace.
 {{- $on = true -}}
 {{- else if eq $when "inUseEvict" -}}
 {{- $on = eq $state.s.inUse "evict" -}}
+{{- else if eq $when "patchClaims" -}}
+{{- $on = or (eq $state.s.inUse "force") $state.s.stripAllFinalizers -}}
 {{- else if eq $when "writeVolumes" -}}
 {{- $on = or $state.s.deleteRetainedPV $state.s.stripAllFinalizers -}}
+{{- else if eq $when "stripAllFinalizers" -}}
+{{- $on = $state.s.stripAllFinalizers -}}
 {{- else -}}
 {{- fail (printf "storageclass-migrate: rbac-rules.json: unknown \"when\" %q" $when) -}}
 {{- end -}}

@@ -6,9 +6,14 @@ the same upgrade recreates them with the new class. See the library's README.md.
   {{ include "storageclass-migrate.hook" (dict
        "claim" "data"                                   the claim's name; or
        "claims" (list "data" "logs")                    several claims, one Job; and/or
-       "selector" "app.kubernetes.io/instance=x"        a label selector picking (more) claims
-       "storageClass" .Values.persistence.storageClass  what the claim template asks for: a name,
-                                                        "" or null for the default class, "-" for none
+       "selector" "app.kubernetes.io/instance=x"        a label selector picking (more) claims;
+                                                        only claims of this release (Helm's
+                                                        meta.helm.sh/release-name and
+                                                        release-namespace annotations) are taken
+       "storageClass" .Values.persistence.storageClass  what the claim template asks for: a name;
+                                                        "-" for no class; "" or null when the
+                                                        template leaves the class out: nothing to
+                                                        do (Helm leaves an omitted class alone)
        "name" "data"                                    optional: names the hook's objects (default:
                                                         the claim names)
        "settings" (dict "inUse" "fail")                 optional: overrides of the settings
@@ -130,14 +135,14 @@ spec:
   {{- if semverCompare ">=1.26-0" .context.Capabilities.KubeVersion.Version }}
   podFailurePolicy:
     rules:
-      # 2: bad input, 3: refused for safety; a retry cannot change either. 4 (API error) stays
-      # retriable: an apiserver that was briefly unreachable, or RBAC just created and not yet
-      # seen by every apiserver, recovers (with backoffLimit above 0).
+      # 1: internal error, 2: bad input, 3: refused for safety (nothing changed): a rerun would
+      # do the same. 4 (API error, nothing changed), 5 (timed out or stopped before anything
+      # changed) and 6 (stopped part-way; a rerun finishes it) count against backoffLimit.
       - action: FailJob
         onExitCodes:
           containerName: migrate
           operator: In
-          values: [2, 3]
+          values: [1, 2, 3]
       # Evicted, preempted or its node drained: not the hook's fault; run it again.
       - action: Ignore
         onPodConditions:
@@ -201,6 +206,8 @@ spec:
             - name: PVC_SELECTOR
               value: {{ .selector | quote }}
             {{- end }}
+            - name: RELEASE_NAME
+              value: {{ .context.Release.Name | quote }}
             - name: PVC_NAMESPACE
               value: {{ .namespace | quote }}
             - name: DESIRED_STORAGECLASS
@@ -215,6 +222,8 @@ spec:
               value: {{ $s.dryRun | toString | quote }}
             - name: WAIT_TIMEOUT
               value: {{ .timeout | quote }}
+            - name: DEADLINE
+              value: {{ .deadline | quote }}
             - name: LOG_FORMAT
               value: {{ $s.logFormat | quote }}
             {{- with $s.extraEnv }}

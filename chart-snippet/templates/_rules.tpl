@@ -6,7 +6,14 @@
       "when": "always",
       "apiGroups": [""],
       "resources": ["persistentvolumeclaims"],
-      "verbs": ["get", "list", "watch", "delete", "patch"],
+      "verbs": ["get", "list", "watch", "delete"],
+      "limitToClaimNames": true
+    },
+    {
+      "when": "patchClaims",
+      "apiGroups": [""],
+      "resources": ["persistentvolumeclaims"],
+      "verbs": ["patch"],
       "limitToClaimNames": true
     },
     {
@@ -20,6 +27,12 @@
       "apiGroups": [""],
       "resources": ["pods/eviction"],
       "verbs": ["create"]
+    },
+    {
+      "when": "inUseEvict",
+      "apiGroups": ["policy"],
+      "resources": ["poddisruptionbudgets"],
+      "verbs": ["list"]
     }
   ],
   "clusterRole": [
@@ -27,7 +40,7 @@
       "when": "always",
       "apiGroups": ["storage.k8s.io"],
       "resources": ["storageclasses"],
-      "verbs": ["get", "list"]
+      "verbs": ["get"]
     },
     {
       "when": "always",
@@ -46,7 +59,13 @@
       "when": "writeVolumes",
       "apiGroups": [""],
       "resources": ["persistentvolumes"],
-      "verbs": ["delete", "patch"]
+      "verbs": ["patch"]
+    },
+    {
+      "when": "stripAllFinalizers",
+      "apiGroups": [""],
+      "resources": ["persistentvolumes"],
+      "verbs": ["delete"]
     }
   ]
 }
