@@ -16,6 +16,11 @@ use testkit::prelude::*;
 const BACKUP_FINALIZER: &str = "example.com/backup";
 /// The annotation the binary puts on a volume it is to delete, before it deletes the claim.
 const DELETE_AFTER_CLAIM: &str = "storageclass-migrate/delete-after-claim";
+/// Why an unset or empty DESIRED_STORAGECLASS does nothing.
+const NO_CLASS_DESIRED: &str = "no class desired: the chart leaves storageClassName out and Helm leaves it alone (name a class to move claims to it)";
+/// A Retain volume with DELETE_RETAINED_PV: its reclaim policy is switched to Delete; the
+/// hostPath deleter then refuses (paths outside /tmp), and the volume is left, Failed.
+const RECLAIM_SWITCHED: &str = "done volume-marked, claim-deleted, claim-gone, volume-reclaim-delete; left volume-reclaim-failed";
 /// The outcome of a migration that keeps the claim's Retain volume.
 const KEPT: &str =
     "migrated: found class, volume; done claim-deleted, claim-gone; left volume-kept";
@@ -126,11 +131,11 @@ mod migrate {
         // No class desired and no default class: nothing to compare with.
         let other = c.bound("other", "Retain").await.0;
         let run = c.run(&[("PVC_NAME", "other")]).await;
-        let o = run.expect_status(0).expect_warning().outcome();
-        assert_eq!(o.shape(), "nothing-to-do", "{run}");
-        assert_eq!(
-            o.detail.as_deref(),
-            Some("no class desired and the cluster has no default StorageClass")
+        let o = run.expect_shape(0, "nothing-to-do");
+        assert_eq!(o.detail.as_deref(), Some(NO_CLASS_DESIRED), "{run}");
+        assert!(
+            run.stderr.contains("no class desired"),
+            "the log says so\n{run}"
         );
         assert_unchanged(&c.claims(), &other).await;
     }
@@ -157,6 +162,8 @@ mod migrate {
     // ------------------------------------------------------------------------------------------
     // The default class
 
+    /// Unset and empty mean "no class desired": nothing to do, whatever the default class (the
+    /// script compared with "" and deleted this healthy claim).
     #[tokio::test]
     async fn unset_class_with_the_claims_class_as_default_keeps_the_claim() {
         let c = Cluster::new("default-same").await;
@@ -165,44 +172,43 @@ mod migrate {
         let on_default = Claim::new("data").class(&default.name);
         let volume = c.volume_for("data").class(&default.name);
         let (claim, pv) = c.bound_with(on_default, volume).await;
-
-        // Unset and empty both mean the default class: the script compared with "" and deleted
-        // this healthy claim.
-        for desired in [None, Some(""), Some(" ")] {
+        for desired in [None, Some("")] {
             let job = c.job(&[("PVC_NAME", "data")]);
             let job = desired.map_or(job.clone(), |d| job.set("DESIRED_STORAGECLASS", d));
             let run = job.run().await;
             let o = run.expect_shape(0, "nothing-to-do");
-            assert_eq!(o.detail.as_deref(), Some("already on the desired class"));
+            assert_eq!(
+                o.detail.as_deref(),
+                Some(NO_CLASS_DESIRED),
+                "{desired:?}\n{run}"
+            );
             c.assert_untouched(&claim, &pv).await;
         }
+        // Values are taken as given: " " is not a class name.
+        let run = c.migrate("data", &[("DESIRED_STORAGECLASS", " ")]).await;
+        run.expect(2, &["\" \""]);
+        c.assert_untouched(&claim, &pv).await;
     }
 
+    /// A claim on another class than the default is not moved to the default either: Helm never
+    /// touches a field that both its manifests omit, so neither does the hook.
     #[tokio::test]
-    async fn unset_class_with_another_default_migrates() {
+    async fn unset_class_with_another_default_changes_nothing() {
         let c = Cluster::new("default-other").await;
         let _lock = c.no_default_class().await;
-        let default = c.default_class("default").await;
+        let _default = c.default_class("default").await;
         let (claim, pv) = c.bound("data", "Retain").await;
 
         let run = c.migrate("data", &[("DESIRED_STORAGECLASS", "")]).await;
-        let o = run.expect_shape(0, KEPT);
-        assert_eq!(
-            o.detail,
-            Some(format!("class \"{}\"", default.name)),
-            "{run}"
-        );
-        assert_eq!(o.found_names("class"), [c.a.as_str()], "{run}");
-        let released = c.assert_gone_and_kept("data", &pv).await;
-        assert_eq!(
-            claim_ref_uid(&released),
-            claim.uid().as_deref(),
-            "still names the old claim"
-        );
+        let o = run.expect_shape(0, "nothing-to-do");
+        assert_eq!(o.detail.as_deref(), Some(NO_CLASS_DESIRED), "{run}");
+        c.assert_untouched(&claim, &pv).await;
     }
 
+    /// Of two default classes, admission gives a claim without class the newest; the binary,
+    /// told no class, leaves a claim on the older one alone.
     #[tokio::test]
-    async fn of_two_default_classes_the_newest_wins() {
+    async fn of_two_default_classes_admission_takes_the_newest_and_the_binary_nothing() {
         let c = Cluster::new("two-defaults").await;
         let _lock = c.no_default_class().await;
         // The older default sorts after the newer one by name, so a tie-break by name alone would
@@ -216,20 +222,16 @@ mod migrate {
         }
         let newer = c.default_class("m-newer").await;
         assert!(newer.created > older.created);
-
-        // The apiserver's admission picks the newest for a claim without class; so must the binary.
         let probe = Claim::new("probe").create(&c).await;
         assert_eq!(claim_class(&probe), Some(newer.name.as_str()));
 
         let on_older = Claim::new("data").class(&older.name);
-        let (_, pv) = c
-            .bound_with(on_older, c.volume_for("data").class(&older.name))
-            .await;
+        let volume = c.volume_for("data").class(&older.name);
+        let (claim, pv) = c.bound_with(on_older, volume).await;
         let run = c.run(&[("PVC_NAME", "data")]).await;
-        let o = run.expect_shape(0, KEPT);
-        assert_eq!(o.detail, Some(format!("class \"{}\"", newer.name)), "{run}");
-        assert_eq!(o.found_names("class"), [older.name.as_str()], "{run}");
-        c.assert_gone_and_kept("data", &pv).await;
+        let o = run.expect_shape(0, "nothing-to-do");
+        assert_eq!(o.detail.as_deref(), Some(NO_CLASS_DESIRED), "{run}");
+        c.assert_untouched(&claim, &pv).await;
     }
 
     #[tokio::test]
@@ -301,6 +303,9 @@ mod migrate {
         );
     }
 
+    /// With DELETE_RETAINED_PV the volume's reclaim policy is switched to Delete, so that its
+    /// provisioner deletes the backing storage too; the in-tree hostPath deleter refuses paths
+    /// outside /tmp, so here the volume is left, Failed, and named.
     #[tokio::test]
     async fn retain_policy_volume_deleted_on_request() {
         let (c, _, pv) = Cluster::with_bound_claim("delete-retained", "Retain").await;
@@ -308,10 +313,19 @@ mod migrate {
         let run = c.migrate("data", &[("DELETE_RETAINED_PV", "true")]).await;
         let o = run.expect_shape(
             0,
-            "migrated: found class, volume; done claim-deleted, claim-gone, volume-deleted",
+            &format!("migrated: found class, volume; {RECLAIM_SWITCHED}"),
         );
-        assert_eq!(o.done_names("volume-deleted"), [pv_name.as_str()], "{run}");
-        c.assert_both_gone("data", &pv).await;
+        assert_eq!(
+            o.done_names("volume-reclaim-delete"),
+            [pv_name.as_str()],
+            "{run}"
+        );
+        assert_eq!(
+            o.left_names("volume-reclaim-failed"),
+            [pv_name.as_str()],
+            "{run}"
+        );
+        c.assert_gone_and_switched_to_delete("data", &pv).await;
     }
 
     /// A volume as a CSI provisioner leaves it: reclaim Delete, the provisioner's annotation and
@@ -365,11 +379,16 @@ mod migrate {
         let o = run.expect_status(0).expect_warning().outcome();
         assert_eq!(
             o.shape(),
-            "migrated: found class, volume; done claim-deleted, claim-finalizer-stripped, claim-gone, volume-finalizer-stripped, volume-deleted",
+            "migrated: found class, volume; done volume-marked, claim-deleted, claim-finalizer-stripped, claim-gone, volume-deleted, volume-finalizer-stripped",
             "{run}"
         );
-        assert!(o.done[1].text.contains(PVC_PROTECTION), "{run}");
-        assert!(o.done[3].text.contains(PROVISIONER_FINALIZER), "{run}");
+        assert_eq!(
+            o.done_names("claim-finalizer-stripped"),
+            [PVC_PROTECTION],
+            "{run}"
+        );
+        let stripped = &o.done[5].text;
+        assert!(stripped.contains(PROVISIONER_FINALIZER), "{run}");
         assert_eq!(o.done_names("volume-deleted"), [pv_name.as_str()], "{run}");
         c.assert_both_gone("data", &pv).await;
     }
@@ -409,7 +428,11 @@ mod migrate {
         let force = [("IN_USE_POLICY", "force"), ("WAIT_TIMEOUT", "10s")];
         let run = c.migrate("data", &force).await;
         let o = run.expect_shape(0, "migrated: found class, volume, used-by; done claim-deleted, claim-finalizer-stripped, claim-gone; left volume-kept");
-        assert!(o.done[1].text.contains(PVC_PROTECTION), "{run}");
+        assert_eq!(
+            o.done_names("claim-finalizer-stripped"),
+            [PVC_PROTECTION],
+            "{run}"
+        );
         let warning = run
             .stderr
             .lines()
@@ -568,7 +591,7 @@ mod migrate {
     async fn foreign_finalizer_times_out_then_a_rerun_succeeds() {
         let c = Cluster::new("foreign-timeout").await;
         let held = c.claim("data").finalizer(BACKUP_FINALIZER);
-        let (_, pv) = c.bound_with(held, c.volume_for("data")).await;
+        let (claim, pv) = c.bound_with(held, c.volume_for("data")).await;
         let pv_name = pv.name_any();
         let job = c.migration(
             "data",
@@ -582,7 +605,7 @@ mod migrate {
             [BACKUP_FINALIZER],
             "{run}"
         );
-        assert_eq!(o.done_kinds(), ["claim-deleted"], "{run}");
+        assert_eq!(o.done_kinds(), ["volume-marked", "claim-deleted"], "{run}");
         assert!(
             o.error().starts_with(&format!(
                 "timed out after 5s waiting for claim {}/data to be deleted (finalizers ",
@@ -599,7 +622,7 @@ mod migrate {
         assert!(marked.metadata.deletion_timestamp.is_none());
         assert_eq!(
             marked.annotations().get(DELETE_AFTER_CLAIM),
-            Some(&format!("{}/data", c.name()))
+            Some(&format!("{}/data/{}", c.name(), claim.uid().unwrap()))
         );
 
         // A rerun picks the claim up where the first stopped, and waits again.
@@ -618,18 +641,19 @@ mod migrate {
         let last = job.run().await;
         let o = last.expect_shape(
             0,
-            "finished: found claim-absent, marked-volume; done volume-deleted",
+            "finished: found claim-absent, marked-volume; done volume-reclaim-delete; left volume-reclaim-failed",
         );
-        assert_eq!(o.done_names("volume-deleted"), [pv_name.as_str()], "{last}");
-        assert!(read(&c.pvs(), &pv_name).await.is_none());
-        // And then there is nothing left to do.
-        let again = job.run().await;
-        let o = again.expect_status(0).outcome();
         assert_eq!(
-            (o.shape().as_str(), o.detail.as_deref()),
-            ("nothing-to-do", Some("claim absent")),
-            "{again}"
+            o.done_names("volume-reclaim-delete"),
+            [pv_name.as_str()],
+            "{last}"
         );
+        c.assert_gone_and_switched_to_delete("data", &pv).await;
+        // And then nothing more is done: the volume waits for its provisioner, and each run
+        // names it.
+        let again = job.run().await;
+        let shape = "finished: found claim-absent, marked-volume; left volume-reclaim-failed";
+        assert!(!again.expect_shape(0, shape).changed, "{again}");
     }
 
     #[tokio::test]
@@ -650,10 +674,11 @@ mod migrate {
             Instant::now()
         };
         let (run, released_at) = futures::join!(binary, backup_tool);
-        run.expect_shape(0, "migrated: found class, volume, foreign-finalizer; done claim-deleted, claim-gone, volume-deleted");
+        let shape = format!("migrated: found class, volume, foreign-finalizer; {RECLAIM_SWITCHED}");
+        run.expect_shape(0, &shape);
         // It went on as soon as the claim was gone, not at its timeout.
         assert!(released_at.elapsed() < Duration::from_secs(20), "{run}");
-        c.assert_both_gone("data", &pv).await;
+        c.assert_gone_and_switched_to_delete("data", &pv).await;
     }
 
     /// The claim is replaced between the binary's read and its delete: the binary's
@@ -727,7 +752,12 @@ mod migrate {
         };
         let strip_all = Patch::Merge(&strip_all);
         let probe = || claims.patch("probe", &dry_run, &strip_all);
-        let strips = cel_removes("finalizers", PVC_PROTECTION);
+        // The binary's pre-flight sends the same patch as a dry run first: only the probe's dry run
+        // and the real patch are held.
+        let strips = format!(
+            "(!request.dryRun || object.metadata.name == 'probe') && {}",
+            cel_removes("finalizers", PVC_PROTECTION)
+        );
         let mut held = Hold::install(&c, "persistentvolumeclaims", &strips, probe).await;
 
         let binary = c.migrate(
@@ -794,7 +824,7 @@ mod migrate {
         ];
         let run = c.migrate("data", &script).await;
         let o = run.expect_status(0).outcome();
-        let shape = "dry-run: found class, volume, used-by; would claim-deleted, claim-finalizer-stripped, volume-deleted";
+        let shape = "dry-run: found class, volume, used-by; would volume-marked, claim-deleted, claim-finalizer-stripped, claim-finalizer-stripped, volume-deleted, volume-finalizer-stripped";
         assert_eq!((o.shape().as_str(), o.changed), (shape, false), "{run}");
         assert_eq!(o.would_names("volume-deleted"), [pv_name.as_str()], "{run}");
         c.assert_untouched(&claim, &pv).await;
@@ -822,23 +852,30 @@ mod migrate {
     // ------------------------------------------------------------------------------------------
     // Several claims
 
+    /// The claims named, then the release's claims that the selector picks, each once; a run
+    /// changes nothing unless every claim can go through: one claim refused holds back the others.
     #[tokio::test]
-    async fn selector_and_names_each_claim_on_its_own_worst_status_wins() {
+    async fn selector_and_names_a_refused_claim_holds_back_the_others() {
         let c = Cluster::new("selector").await;
-        let db = |name: &str| c.claim(name).label("app", "db");
-        let (_, pv1) = c.bound_with(db("c1"), c.volume_for("c1")).await;
-        let (_, pv2) = c.bound_with(db("c2"), c.volume_for("c2")).await;
+        let db = |name: &str| c.claim(name).label("app", "db").of_release("rel", c.name());
+        let (c1, pv1) = c.bound_with(db("c1"), c.volume_for("c1")).await;
+        let (c2, pv2) = c.bound_with(db("c2"), c.volume_for("c2")).await;
         let on_b = db("c3").class(&c.b);
         let (c3, pv3) = c.bound_with(on_b, c.volume_for("c3").class(&c.b)).await;
-        let (c4, pv4) = c.bound("c4", "Retain").await;
+        // Labelled, but not of the release: never picked.
+        let stranger = c.claim("c4").label("app", "db");
+        let (c4, pv4) = c.bound_with(stranger, c.volume_for("c4")).await;
         let (c5, pv5) = c.bound("c5", "Retain").await;
-        let (_, pv6) = c.bound("c6", "Retain").await;
+        let (c6, pv6) = c.bound("c6", "Retain").await;
         let pod = c.running_pod("user", "c5").await;
 
-        let settings = [("PVC_SELECTOR", "app=db"), ("IN_USE_POLICY", "fail")];
+        let settings = [
+            ("PVC_SELECTOR", "app=db"),
+            ("RELEASE_NAME", "rel"),
+            ("IN_USE_POLICY", "fail"),
+        ];
         let run = c.migrate("c5,c6", &settings).await;
         let ns = c.name();
-        // Names first, then the selector's claims, each once.
         let outcomes: Vec<(String, i32, String)> = run
             .expect_status(3)
             .outcomes()
@@ -848,39 +885,46 @@ mod migrate {
         let row = |claim: &str, status: i32, shape: &str| {
             (format!("{ns}/{claim}"), status, shape.to_owned())
         };
+        let held_back = "refused: found class, volume";
         assert_eq!(
             outcomes,
             [
                 row("c5", 3, "refused: found class"),
-                row("c6", 0, KEPT),
-                row("c1", 0, KEPT),
-                row("c2", 0, KEPT),
+                row("c6", 3, held_back),
+                row("c1", 3, held_back),
+                row("c2", 3, held_back),
                 row("c3", 0, "nothing-to-do"),
             ],
             "{run}"
         );
-        for gone in ["c1", "c2", "c6"] {
-            assert!(read(&c.claims(), gone).await.is_none(), "{gone}");
+        for o in &run.outcomes()[1..4] {
+            assert!(
+                o.error()
+                    .starts_with("held back: c5 of this run could not go through"),
+                "{run}"
+            );
         }
-        for pv in [&pv1, &pv2, &pv6] {
-            wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
-        }
-        for kept in [&c3, &c4, &c5] {
-            assert_unchanged(&c.claims(), kept).await;
-        }
-        for pv in [&pv3, &pv4, &pv5] {
-            assert_unchanged(&c.pvs(), pv).await;
+        for (claim, pv) in [
+            (&c1, &pv1),
+            (&c2, &pv2),
+            (&c3, &pv3),
+            (&c4, &pv4),
+            (&c5, &pv5),
+            (&c6, &pv6),
+        ] {
+            c.assert_untouched(claim, pv).await;
         }
         assert_unchanged(&c.pods(), &pod).await;
 
+        let none = [("PVC_SELECTOR", "app=none"), ("RELEASE_NAME", "rel")];
         let run = c
-            .run(&[("PVC_SELECTOR", "app=none"), ("DESIRED_STORAGECLASS", &c.b)])
+            .run(&[none[0], none[1], ("DESIRED_STORAGECLASS", &c.b)])
             .await;
         let o = run.expect_status(0).outcome();
         assert_eq!(o.claim, format!("{ns}/-l app=none"), "{run}");
         assert_eq!(
             o.detail.as_deref(),
-            Some("no claim matches the selector"),
+            Some("no claim of the release matches the selector"),
             "{run}"
         );
     }
@@ -1033,7 +1077,7 @@ mod migrate {
         assert_eq!(kept.finalizers(), pv.finalizers());
         assert_eq!(
             kept.annotations().get(DELETE_AFTER_CLAIM),
-            Some(&format!("{}/data", c.name()))
+            Some(&format!("{}/data/{}", c.name(), claim.uid().unwrap()))
         );
         assert_eq!(claim_ref_uid(&kept), claim.uid().as_deref());
 

@@ -183,6 +183,22 @@ impl Cluster {
         kept
     }
 
+    /// Asserts that `claim` is gone and that `pv`, its volume, is still there with reclaim policy
+    /// `Delete` (switched from Retain for its provisioner to delete, which the hostPath deleter
+    /// here refuses).
+    pub async fn assert_gone_and_switched_to_delete(&self, claim: &str, pv: &PersistentVolume) {
+        assert!(read(&self.claims(), claim).await.is_none(), "claim {claim} is still there");
+        let left = read(&self.pvs(), &pv.name_any())
+            .await
+            .expect("the volume is still there");
+        assert_eq!(left.uid(), pv.uid(), "the volume was replaced");
+        let policy = left
+            .spec
+            .as_ref()
+            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref());
+        assert_eq!(policy, Some("Delete"), "{left:#?}");
+    }
+
     /// Asserts that `claim` and its volume `pv` are gone.
     pub async fn assert_both_gone(&self, claim: &str, pv: &PersistentVolume) {
         assert!(

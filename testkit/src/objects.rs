@@ -235,6 +235,7 @@ pub struct Claim {
     request: String,
     volume: Option<String>,
     labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
     finalizers: Vec<String>,
 }
 
@@ -246,6 +247,7 @@ impl Claim {
             request: "1Gi".into(),
             volume: None,
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
             finalizers: vec![],
         }
     }
@@ -272,6 +274,18 @@ impl Claim {
         self
     }
 
+    pub fn annotation(mut self, key: &str, value: &str) -> Claim {
+        self.annotations.insert(key.into(), value.into());
+        self
+    }
+
+    /// Made by Helm release `release` of `namespace` (its `meta.helm.sh` annotations), so that
+    /// a selector run for that release may pick it.
+    pub fn of_release(self, release: &str, namespace: &str) -> Claim {
+        self.annotation("meta.helm.sh/release-name", release)
+            .annotation("meta.helm.sh/release-namespace", namespace)
+    }
+
     /// A finalizer of another controller (besides the pvc-protection one admission adds).
     pub fn finalizer(mut self, finalizer: &str) -> Claim {
         self.finalizers.push(finalizer.into());
@@ -280,7 +294,10 @@ impl Claim {
 
     pub fn build(&self) -> PersistentVolumeClaim {
         from_json(json!({
-            "metadata": {"name": self.name, "labels": self.labels, "finalizers": self.finalizers},
+            "metadata": {
+                "name": self.name, "labels": self.labels, "annotations": self.annotations,
+                "finalizers": self.finalizers,
+            },
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": self.request}},

@@ -76,7 +76,7 @@ pub fn chart_rules(
                 }
                 let set = r["when"].as_str().expect("when");
                 assert!(
-                    ["always", "inUseEvict", "writeVolumes"].contains(&set),
+                    ["always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers"].contains(&set),
                     "unknown when {set}"
                 );
                 if !when.contains(&set) {
