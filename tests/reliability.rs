@@ -14,7 +14,6 @@ use std::{
 use k8s_openapi::api::{
     core::v1::{Secret, ServiceAccount},
     rbac::v1::PolicyRule,
-    storage::v1::StorageClass,
 };
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -71,8 +70,9 @@ impl std::ops::Deref for Fixture {
 struct Shape {
     /// A finalizer of another controller on claim `data`.
     claim_finalizer: bool,
-    /// An extra finalizer on the volume of `data`.
-    pv_finalizer: bool,
+    /// The volume of `data` as a CSI provisioner leaves it (reclaim policy Delete, the
+    /// provisioner's finalizer); the provisioner does not run.
+    csi_volume: bool,
 }
 
 /// Boxed, as are the other big helpers: a test's future lives on its thread's stack.
@@ -90,8 +90,8 @@ impl Fixture {
                 .reserved_for(c.name(), claim)
         };
         let mut data_pv = volume("pv", "data");
-        if shape.pv_finalizer {
-            data_pv = data_pv.finalizer("example.com/hold");
+        if shape.csi_volume {
+            data_pv = data_pv.csi();
         }
         let other_pv = volume("pv-other", "other");
         let (pv, other_pv) = tokio::join!(data_pv.create(&c), other_pv.create(&c));
@@ -157,7 +157,13 @@ impl Fixture {
     }
 
     async fn label_data(&self) {
-        let labels = json!({"metadata": {"labels": {"migrate": "yes"}}});
+        let labels = json!({"metadata": {
+            "labels": {"migrate": "yes"},
+            "annotations": {
+                "meta.helm.sh/release-name": "rel",
+                "meta.helm.sh/release-namespace": self.name(),
+            },
+        }});
         self.claims()
             .patch("data", &PatchParams::default(), &Patch::Merge(&labels))
             .await
@@ -341,10 +347,9 @@ async fn make_reference_run<T>(
     loop {
         let state = fx.end_state().await;
         let settled = state.claim.is_none()
-            && state
-                .pv
-                .as_ref()
-                .is_none_or(|(phase, _, deleting)| phase == "Released" && !deleting);
+            && state.pv.as_ref().is_none_or(|(phase, _, deleting)| {
+                (phase == "Released" || phase == "Failed") && !deleting
+            });
         if settled || Instant::now() > deadline {
             return state;
         }
@@ -413,7 +418,7 @@ async fn throttling_that_never_ends_times_out_and_changes_nothing() {
 #[tokio::test]
 async fn a_server_error_on_the_claim_delete_is_retried() {
     let (fx, p, before) = Fixture::proxied("delete-500", Shape::default()).await;
-    let delete = Match::request("DELETE", &fx.claim_path());
+    let delete = Match::write("DELETE", &fx.claim_path());
     p.on(delete.clone(), Which::Nth(1), status(500));
 
     let run = via(&p, fx.job(&[]), OK_LIMIT).await;
@@ -467,7 +472,7 @@ async fn a_connection_reset_around_the_claim_delete_is_retried() {
         |f| format!("{f:?}"),
         |fault| async move {
             let (fx, p, before) = Fixture::proxied("reset", Shape::default()).await;
-            let delete = Match::request("DELETE", &fx.claim_path());
+            let delete = Match::write("DELETE", &fx.claim_path());
             p.on(delete.clone(), Which::Nth(1), fault);
 
             let run = via(&p, fx.job(&[]), OK_LIMIT).await;
@@ -497,7 +502,8 @@ async fn connections_that_always_reset_fail_as_unreachable() {
 }
 
 /// A watch cut short (the claim's, or the volume's) is established again: the run sees the
-/// object go once the other controller lets go.
+/// object go once its holder lets go (another controller's finalizer on the claim; the
+/// provisioner, which deletes the volume).
 #[tokio::test]
 async fn a_dropped_watch_is_reestablished() {
     let rows = vec!["claim", "volume"];
@@ -508,38 +514,40 @@ async fn a_dropped_watch_is_reestablished() {
             let claim = watched == "claim";
             let shape = Shape {
                 claim_finalizer: claim,
-                pv_finalizer: !claim,
+                csi_volume: !claim,
             };
             let (fx, p, before) = Fixture::proxied("watch-cut", shape).await;
-            let watch = Match::watch(&if claim {
+            let path = if claim {
                 fx.claims_path()
             } else {
                 "/api/v1/persistentvolumes".into()
-            });
-            p.on(
-                watch.clone(),
-                Which::Nth(1),
-                Fault::CutStream(Duration::from_millis(300)),
-            );
-
-            let job = if claim {
-                fx.job(&[])
-            } else {
-                fx.job(&[DELETE_PV])
             };
-            let binary = job.kubeconfig(p.kubeconfig()).spawn();
-            // The first watch was cut; once the second is up, the other controller lets go.
+            let watch = Match::watch(&path);
+            let cut = Fault::CutStream(Duration::from_millis(300));
+            p.on(watch.clone(), Which::Nth(1), cut);
+
+            let binary = fx.job(&[]).kubeconfig(p.kubeconfig()).spawn();
+            // The first watch was cut; once the second is up, the holder lets go.
             p.wait_count(&watch, 2, GATE_TIMEOUT).await;
             if claim {
                 fx.remove_claim_finalizer().await;
             } else {
-                remove_finalizer(&fx.pvs(), &fx.pv, "example.com/hold").await;
+                fx.pvs()
+                    .delete(&fx.pv, &DeleteParams::default())
+                    .await
+                    .expect("deleting the volume");
+                remove_finalizer(&fx.pvs(), &fx.pv, PROVISIONER_FINALIZER).await;
             }
-            let o = binary.finish(OK_LIMIT).await.expect_result(0, "migrated");
-            assert!(o.has_done("claim-gone"), "{o}");
-            let expected = if claim { kept_state() } else { ALL_GONE };
-            assert_eq!(o.has_done("volume-deleted"), !claim, "{o}");
-            fx.assert_converges(&expected).await;
+            let run = binary.finish(OK_LIMIT).await;
+            let expected = if claim {
+                let shape = "migrated: found class, volume, foreign-finalizer; done claim-deleted, claim-gone; left volume-kept";
+                (shape, kept_state())
+            } else {
+                let shape = "migrated: found class, volume; done claim-deleted, claim-gone, volume-reclaimed";
+                (shape, ALL_GONE)
+            };
+            run.expect_shape(0, expected.0);
+            fx.assert_converges(&expected.1).await;
             fx.assert_others_untouched(&before).await;
         },
     );
@@ -653,7 +661,11 @@ async fn a_server_error_listing_claims_by_selector_is_retried() {
     p.on(list.clone(), Which::Nth(1), status(500));
     fx.label_data().await;
 
-    let by_label = [("PVC_NAME", ""), ("PVC_SELECTOR", "migrate=yes")];
+    let by_label = [
+        ("PVC_NAME", ""),
+        ("PVC_SELECTOR", "migrate=yes"),
+        ("RELEASE_NAME", "rel"),
+    ];
     via(&p, fx.job(&by_label), OK_LIMIT)
         .await
         .expect_result(0, "migrated");
@@ -671,7 +683,11 @@ async fn a_hanging_list_by_selector_ends_in_time() {
     fx.label_data().await;
     let before = fx.snapshot().await;
 
-    let by_label = [("PVC_NAME", ""), ("PVC_SELECTOR", "migrate=yes")];
+    let by_label = [
+        ("PVC_NAME", ""),
+        ("PVC_SELECTOR", "migrate=yes"),
+        ("RELEASE_NAME", "rel"),
+    ];
     let run = via(&p, fx.short_job(&by_label), SHORT_LIMIT).await;
     gate.abandon();
     run.within(SHORT_LIMIT)
@@ -679,26 +695,21 @@ async fn a_hanging_list_by_selector_ends_in_time() {
     fx.assert_unchanged(&before).await;
 }
 
-/// The lookup of the cluster's default class (DESIRED_STORAGECLASS empty) is a request of the
-/// run like the others: a 5xx is retried.
+/// The lookup of the desired class is a request of the run like the others: a 5xx is retried.
 #[tokio::test]
-async fn a_server_error_on_the_default_class_lookup_is_retried() {
-    let _default = default_class_lock();
-    let (fx, p, before) = Fixture::proxied("default-500", Shape::default()).await;
-    let classes: Api<StorageClass> = Api::all(fx.client().clone());
-    let default = json!({"metadata": {"annotations": {DEFAULT_CLASS_ANNOTATION: "true"}}});
-    classes
-        .patch(&fx.b, &PatchParams::default(), &Patch::Merge(&default))
-        .await
-        .expect("making class b the default");
-    let list = Match::list("/apis/storage.k8s.io/v1/storageclasses");
-    p.on(list.clone(), Which::Nth(1), status(500));
+async fn a_server_error_on_the_class_lookup_is_retried() {
+    let (fx, p, before) = Fixture::proxied("class-500", Shape::default()).await;
+    let lookup = Match::request(
+        "GET",
+        &format!("/apis/storage.k8s.io/v1/storageclasses/{}", fx.b),
+    );
+    p.on(lookup.clone(), Which::Nth(1), status(500));
 
-    let run = via(&p, fx.job(&[("DESIRED_STORAGECLASS", "")]), OK_LIMIT).await;
-    let _ = classes.delete(&fx.b, &DeleteParams::default()).await;
-    run.expect_result(0, "migrated");
-    assert_eq!(p.count(&list), 2, "{}", p.describe());
-    fx.assert_others_untouched(&before).await;
+    via(&p, fx.job(&[]), OK_LIMIT)
+        .await
+        .expect_result(0, "migrated");
+    assert_eq!(p.count(&lookup), 2, "{}", p.describe());
+    fx.assert_kept(&before).await;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -897,11 +908,11 @@ async fn killed_at_each_step_a_rerun_converges() {
             let gate = Gate::new();
             let (matcher, fault) = match row.at {
                 KillAt::ClaimDelete => (
-                    Match::request("DELETE", &fx.claim_path()),
+                    Match::write("DELETE", &fx.claim_path()),
                     Fault::Hold(gate.clone()),
                 ),
                 KillAt::ClaimDeleteAnswer => (
-                    Match::request("DELETE", &fx.claim_path()),
+                    Match::write("DELETE", &fx.claim_path()),
                     Fault::HoldAnswer(gate.clone()),
                 ),
                 KillAt::ClaimWatch => (
@@ -1015,7 +1026,7 @@ async fn a_claim_replaced_before_the_delete_is_not_deleted() {
     let (fx, p, before) = Fixture::proxied("replaced", Shape::default()).await;
     let gate = Gate::new();
     p.on(
-        Match::request("DELETE", &fx.claim_path()),
+        Match::write("DELETE", &fx.claim_path()),
         Which::Nth(1),
         Fault::Hold(gate.clone()),
     );
@@ -1047,9 +1058,10 @@ enum Rebind {
     /// Before the run's last read of the volume: its claimRef is cleared, and a claim naming it
     /// in spec.volumeName takes it.
     BeforeTheLastRead,
-    /// Between the last read and the delete: its claimRef is pointed at the new claim. The
-    /// delete carries the resourceVersion read: 409, a fresh read, a refusal.
-    BeforeTheDelete,
+    /// Between the last read and the switch of its reclaim policy to Delete: its claimRef is
+    /// pointed at the new claim. The patch carries the resourceVersion read: 409, a fresh read,
+    /// a refusal.
+    BeforeTheSwitch,
 }
 
 /// Binds the volume of `data` to a new claim `thief`; returns the new claim's uid once bound.
@@ -1063,7 +1075,7 @@ async fn rebind(fx: &Fixture, how: Rebind) -> String {
     }
     let thief = fx.claim("thief").volume(&fx.pv).create(fx).await;
     let uid = thief.uid().unwrap();
-    if let Rebind::BeforeTheDelete = how {
+    if let Rebind::BeforeTheSwitch = how {
         let claim_ref = json!({"spec": {"claimRef": {
             "kind": "PersistentVolumeClaim", "apiVersion": "v1",
             "namespace": fx.name(), "name": "thief", "uid": uid,
@@ -1079,22 +1091,26 @@ async fn rebind(fx: &Fixture, how: Rebind) -> String {
     uid
 }
 
-/// A volume rebound to another claim while the run goes on is never touched: the run refuses
-/// it (after deleting the claim), and a rerun for the (absent) old claim leaves it alone
-/// although it still carries the mark.
+/// A volume rebound to another claim while the run goes on is never touched. Rebound before the
+/// run's second read (while it plans), the run refuses before any change, and so does a rerun;
+/// rebound before the switch of its reclaim policy (the claim already deleted), the run stops
+/// part-way, and a rerun for the (absent) old claim leaves the volume alone although it still
+/// carries the mark.
 #[tokio::test]
 async fn a_volume_rebound_during_the_run_is_not_touched() {
-    let rows = vec![Rebind::BeforeTheLastRead, Rebind::BeforeTheDelete];
+    let rows = vec![Rebind::BeforeTheLastRead, Rebind::BeforeTheSwitch];
     check_rows(
         rows,
         |r| format!("{r:?}"),
         |how| async move {
             let (fx, p, before) = Fixture::proxied("rebound", Shape::default()).await;
             let gate = Gate::new();
-            // The first read plans; the second, after the claim is gone, checks before the delete.
-            let (request, which) = match how {
-                Rebind::BeforeTheLastRead => (Match::request("GET", &fx.pv_path()), Which::Nth(2)),
-                Rebind::BeforeTheDelete => (Match::request("DELETE", &fx.pv_path()), Which::Nth(1)),
+            let planning = matches!(how, Rebind::BeforeTheLastRead);
+            let (request, which) = if planning {
+                (Match::request("GET", &fx.pv_path()), Which::Nth(2))
+            } else {
+                // The first write marks the volume; the second switches its reclaim policy.
+                (Match::write("PATCH", &fx.pv_path()), Which::Nth(2))
             };
             p.on(request.clone(), which, Fault::Hold(gate.clone()));
 
@@ -1103,20 +1119,41 @@ async fn a_volume_rebound_during_the_run_is_not_touched() {
             let uid = rebind(&fx, how).await;
             gate.release();
 
-            let expected = format!("PV {} no longer belongs to the claim", fx.pv);
+            let expected = if planning {
+                format!(
+                    "PersistentVolume {} is bound to claim {}/thief",
+                    fx.pv,
+                    fx.name()
+                )
+            } else {
+                format!("PV {} no longer belongs to the claim", fx.pv)
+            };
+            let (code, result) = if planning {
+                (3, "refused")
+            } else {
+                (6, "part-way")
+            };
             let run = binary.finish(OK_LIMIT).await;
-            let o = run.expect_error(6, "part-way", &[&expected]);
-            assert!(o.has_done("claim-deleted"), "{run}");
-            if let Rebind::BeforeTheDelete = how {
-                assert_eq!(p.count(&request), 1, "{}", p.describe());
+            let o = run.expect_error(code, result, &[&expected]);
+            assert_eq!(o.has_done("claim-deleted"), !planning, "{run}");
+            if !planning {
+                assert_eq!(p.count(&request), 2, "no second switch\n{}", p.describe());
             }
             let pv = pv_print(&fx, &fx.pv).await.expect("the volume survives");
             assert!(!pv.deleting, "{pv:?}");
             assert_eq!(pv.bound.as_deref(), Some(uid.as_str()));
-            let o = rerun(&p, fx.job(&[DELETE_PV]))
-                .await
-                .expect_result(0, "nothing-to-do");
-            assert_eq!(o.detail.as_deref(), Some("claim absent"));
+            let rerun = rerun(&p, fx.job(&[DELETE_PV])).await;
+            if planning {
+                let thief = format!(
+                    "PersistentVolume {} is bound to claim {}/thief",
+                    fx.pv,
+                    fx.name()
+                );
+                rerun.expect_error(3, "refused", &[&thief]);
+            } else {
+                let o = rerun.expect_result(0, "nothing-to-do");
+                assert_eq!(o.detail.as_deref(), Some("claim absent"));
+            }
             assert_eq!(pv_print(&fx, &fx.pv).await, Some(pv));
             fx.assert_others_untouched(&before).await;
         },
@@ -1138,7 +1175,10 @@ async fn invalid_settings_are_refused_before_any_request() {
             &[("PVC_NAME", "a,,b")],
             &["claim list \"a,,b\" has an empty name"],
         ),
-        (&[("PVC_NAME", " ")], &["no claim given: set PVC_NAME"]),
+        (
+            &[("PVC_NAME", " ")],
+            &["claim name \" \" is not a valid DNS-1123 subdomain"],
+        ),
         (
             &[("PVC_SELECTOR", "app in x")],
             &["invalid label selector \"app in x\""],

@@ -102,6 +102,12 @@ impl Match {
         }
     }
 
+    /// `method` on exactly `path`, but not a server-side dry run (`dryRun=All`): the write that
+    /// changes something, not its pre-flight.
+    pub fn write(method: &str, path: &str) -> Match {
+        Match::request(method, path).query_lacks("dryRun")
+    }
+
     /// A watch of the collection at `path` (`GET path?...watch=true...`).
     pub fn watch(path: &str) -> Match {
         Match::request("GET", path).query_has("watch=true")
