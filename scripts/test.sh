@@ -39,7 +39,7 @@ trap 'exit 143' TERM
 export STORAGECLASS_MIGRATE_CONTROL_PLANE=$dir
 
 status=0
-(cd "$root" && cargo test --workspace --all-targets "$@") || status=$?
+(cd "$root" && cargo test --workspace --all-targets --no-fail-fast "$@") || status=$?
 if [ $# -eq 0 ]; then
   "$root/scripts/check-chart.sh" || status=1
   "$root/scripts/check-image-in-cluster.sh" || status=1

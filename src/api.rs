@@ -126,6 +126,7 @@ impl Cluster {
                     verb: Some(request.verb.to_owned()),
                     resource: Some(request.resource.to_owned()),
                     namespace: request.namespace.clone(),
+                    name: request.name.clone(),
                     ..Default::default()
                 }),
                 ..Default::default()

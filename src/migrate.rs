@@ -65,9 +65,6 @@ pub struct Context {
     /// Budget disruptions that the plans of the run's claims use, so that claims whose pods
     /// share a budget are judged together.
     budget_use: Mutex<BudgetUse>,
-    /// Whether the waits' lists and watches are allowed, asked once per run.
-    claim_waits: OnceCell<()>,
-    volume_waits: OnceCell<()>,
 }
 
 impl Context {
@@ -90,8 +87,6 @@ impl Context {
             budgets: OnceCell::new(),
             marked: OnceCell::new(),
             budget_use: Mutex::new(BudgetUse::new()),
-            claim_waits: OnceCell::new(),
-            volume_waits: OnceCell::new(),
         }
     }
 
@@ -401,36 +396,22 @@ async fn preflight(ctx: &Context, plan: &Plan) -> Result<(), Error> {
     Ok(())
 }
 
-/// The lists and watches that the commit's waits need: asked once per run, before any change.
+/// The lists and watches of the commit's waits, for this claim and its volume (RBAC may limit
+/// them to names, as the chart's Role does), asked before any change.
 async fn check_waits(ctx: &Context, plan: &Plan) -> Result<(), Error> {
     let cluster = &ctx.cluster;
-    let why = "the run waits by watching; a dry run cannot show that right";
-    ctx.claim_waits
-        .get_or_try_init(|| {
-            let namespace = &cluster.namespace;
-            cluster.require(
-                vec![
-                    Request::new("list", "persistentvolumeclaims").namespace(namespace),
-                    Request::new("watch", "persistentvolumeclaims").namespace(namespace),
-                ],
-                why,
-            )
-        })
-        .await?;
-    if plan.volume.plan().is_some_and(|v| v.waited()) {
-        ctx.volume_waits
-            .get_or_try_init(|| {
-                cluster.require(
-                    vec![
-                        Request::new("list", "persistentvolumes"),
-                        Request::new("watch", "persistentvolumes"),
-                    ],
-                    why,
-                )
-            })
-            .await?;
+    let claim = |verb| cluster.claim_request(verb, &plan.claim);
+    let mut waits = vec![claim("list"), claim("watch")];
+    if let Some(volume) = plan.volume.plan().filter(|v| v.waited()) {
+        let request = |verb| Request::new(verb, "persistentvolumes").name(&volume.name);
+        waits.extend([request("list"), request("watch")]);
     }
-    Ok(())
+    cluster
+        .require(
+            waits,
+            "the run waits by watching; a dry run cannot show that right",
+        )
+        .await
 }
 
 /// Nothing to do for the claim itself. In a run that writes volumes, volumes that an interrupted

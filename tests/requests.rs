@@ -231,7 +231,8 @@ fn seq(parts: Vec<Vec<Expect>>) -> Vec<Expect> {
 /// The access reviews of the waits' lists and watches: claims, then (`volumes`) volumes.
 fn waits(volumes: bool) -> Vec<Expect> {
     let review = |verb: &str, resource: &str, namespace: Option<&str>| {
-        let mut attributes = json!({"verb": verb, "resource": resource});
+        let name = if namespace.is_some() { "data" } else { "pv-1" };
+        let mut attributes = json!({"verb": verb, "resource": resource, "name": name});
         if let Some(namespace) = namespace {
             attributes["namespace"] = json!(namespace);
         }
@@ -924,7 +925,7 @@ async fn a_wait_that_would_be_forbidden_stops_the_run_before_any_change() {
     assert!(!outcomes[0].changed);
     let error = outcomes[0].error.as_deref().unwrap();
     assert!(
-        error.starts_with("watch persistentvolumeclaims in namespace \"apps\": HTTP 403"),
+        error.starts_with("watch persistentvolumeclaims \"data\" in namespace \"apps\": HTTP 403"),
         "{error}"
     );
 }

@@ -224,6 +224,18 @@ impl Binary {
         run
     }
 
+    /// SIGTERM, as the kubelet sends at the Job's deadline or a drain: the binary stops and
+    /// still reports. Waits for it to exit, for at most `limit`.
+    pub async fn terminate(mut self, limit: Duration) -> Run {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.started = Instant::now();
+        self.finish(limit).await
+    }
+
     fn collect(&mut self) -> Run {
         let status = self.child.wait().expect("waiting for the binary");
         let text = |h: Option<thread::JoinHandle<Vec<u8>>>| {

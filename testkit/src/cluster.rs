@@ -187,7 +187,10 @@ impl Cluster {
     /// `Delete` (switched from Retain for its provisioner to delete, which the hostPath deleter
     /// here refuses).
     pub async fn assert_gone_and_switched_to_delete(&self, claim: &str, pv: &PersistentVolume) {
-        assert!(read(&self.claims(), claim).await.is_none(), "claim {claim} is still there");
+        assert!(
+            read(&self.claims(), claim).await.is_none(),
+            "claim {claim} is still there"
+        );
         let left = read(&self.pvs(), &pv.name_any())
             .await
             .expect("the volume is still there");

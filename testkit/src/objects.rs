@@ -131,6 +131,7 @@ pub struct Volume {
     finalizers: Vec<String>,
     claim_ref: Option<(String, String)>,
     annotations: BTreeMap<String, String>,
+    access_mode: String,
 }
 
 impl Volume {
@@ -143,7 +144,14 @@ impl Volume {
             finalizers: vec![],
             claim_ref: None,
             annotations: BTreeMap::new(),
+            access_mode: "ReadWriteOnce".into(),
         }
+    }
+
+    /// Its one access mode (default `ReadWriteOnce`).
+    pub fn access_mode(mut self, mode: &str) -> Volume {
+        self.access_mode = mode.into();
+        self
     }
 
     pub fn class(mut self, class: &str) -> Volume {
@@ -196,7 +204,7 @@ impl Volume {
             },
             "spec": {
                 "capacity": {"storage": self.capacity},
-                "accessModes": ["ReadWriteOnce"],
+                "accessModes": [self.access_mode],
                 "persistentVolumeReclaimPolicy": self.reclaim_policy,
                 "storageClassName": self.class,
                 "hostPath": {"path": path},
@@ -237,6 +245,7 @@ pub struct Claim {
     labels: BTreeMap<String, String>,
     annotations: BTreeMap<String, String>,
     finalizers: Vec<String>,
+    access_mode: String,
 }
 
 impl Claim {
@@ -249,7 +258,14 @@ impl Claim {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             finalizers: vec![],
+            access_mode: "ReadWriteOnce".into(),
         }
+    }
+
+    /// Its one access mode (default `ReadWriteOnce`).
+    pub fn access_mode(mut self, mode: &str) -> Claim {
+        self.access_mode = mode.into();
+        self
     }
 
     /// `storageClassName`; `""` is "no class".
@@ -299,7 +315,7 @@ impl Claim {
                 "finalizers": self.finalizers,
             },
             "spec": {
-                "accessModes": ["ReadWriteOnce"],
+                "accessModes": [self.access_mode],
                 "resources": {"requests": {"storage": self.request}},
                 "storageClassName": self.class,
                 "volumeName": self.volume,
@@ -441,12 +457,14 @@ pub async fn set_running(ns: &TestNamespace, name: &str) -> Pod {
 // PodDisruptionBudget
 
 /// A PodDisruptionBudget over the pods labelled `key=value`, with `maxUnavailable: 0` unless
-/// given otherwise: no eviction is allowed.
+/// given otherwise: no eviction is allowed. `maxUnavailable` needs pods with a controller for
+/// the disruption controller to count them; `minAvailable` does not.
 #[derive(Clone, Debug)]
 pub struct Budget {
     name: String,
     selector: (String, String),
     max_unavailable: i32,
+    min_available: Option<i32>,
 }
 
 impl Budget {
@@ -455,7 +473,32 @@ impl Budget {
             name: name.into(),
             selector: (key.into(), value.into()),
             max_unavailable: 0,
+            min_available: None,
         }
+    }
+
+    /// `minAvailable: n` instead of `maxUnavailable`.
+    pub fn min_available(mut self, n: i32) -> Budget {
+        self.min_available = Some(n);
+        self
+    }
+
+    /// Waits until the disruption controller has computed the budget's status (for the pods
+    /// that exist now), and returns it.
+    pub async fn wait_computed(
+        ns: &TestNamespace,
+        name: &str,
+        expected_pods: i32,
+    ) -> PodDisruptionBudget {
+        let budgets: Api<PodDisruptionBudget> = Api::namespaced(ns.client().clone(), ns.name());
+        crate::api::poll(&format!("the status of budget {name}"), || async {
+            let budget = budgets.get(name).await.ok()?;
+            let status = budget.status.as_ref()?;
+            (status.expected_pods == expected_pods
+                && status.observed_generation == budget.metadata.generation)
+                .then_some(budget)
+        })
+        .await
     }
 
     pub fn max_unavailable(mut self, n: i32) -> Budget {
@@ -465,13 +508,12 @@ impl Budget {
 
     pub fn build(&self) -> PodDisruptionBudget {
         let (key, value) = &self.selector;
-        from_json(json!({
-            "metadata": {"name": self.name},
-            "spec": {
-                "selector": {"matchLabels": {key: value}},
-                "maxUnavailable": self.max_unavailable,
-            }
-        }))
+        let mut spec = json!({"selector": {"matchLabels": {key: value}}});
+        match self.min_available {
+            Some(n) => spec["minAvailable"] = json!(n),
+            None => spec["maxUnavailable"] = json!(self.max_unavailable),
+        }
+        from_json(json!({"metadata": {"name": self.name}, "spec": spec}))
     }
 
     pub async fn create(&self, ns: &TestNamespace) -> PodDisruptionBudget {

@@ -76,7 +76,14 @@ pub fn chart_rules(
                 }
                 let set = r["when"].as_str().expect("when");
                 assert!(
-                    ["always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers"].contains(&set),
+                    [
+                        "always",
+                        "inUseEvict",
+                        "patchClaims",
+                        "writeVolumes",
+                        "stripAllFinalizers"
+                    ]
+                    .contains(&set),
                     "unknown when {set}"
                 );
                 if !when.contains(&set) {
