@@ -280,6 +280,45 @@ async fn unset_class_equal_to_the_default_deletes_nothing() {
     );
 }
 
+/// The admin switches the cluster's default class between two upgrades of a chart that leaves
+/// the class unset: Helm leaves the omitted field alone, and so does the hook.
+#[tokio::test]
+async fn unset_class_after_the_default_changed_keeps_the_claim() {
+    let _default = default_class_lock();
+    let s = Release::new("e2e-default-switch", Hook::Binary).await;
+    let old = Class::new("old")
+        .default_class()
+        .create(&s)
+        .await
+        .name_any();
+    let pv = retained("pv-old", &old).create(&s).await;
+    let before = s.install(None).await;
+    assert_eq!(claim_class(&before), Some(old.as_str()));
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(s.client().clone());
+    let not_default = serde_json::json!({"metadata": {"annotations": {"storageclass.kubernetes.io/is-default-class": "false"}}});
+    classes
+        .patch(
+            &old,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&not_default),
+        )
+        .await
+        .expect("making the old class not the default");
+    Class::new("new").default_class().create(&s).await;
+
+    let out = s.helm("upgrade", &[], false).await;
+    s.expect_ok(&out);
+    let run = s.last_run(0);
+    assert_eq!(run.outcome().result, "nothing-to-do", "{run}");
+    let after = s.claim().await.expect("the claim is there");
+    assert_eq!(after.uid(), before.uid(), "the claim was kept");
+    assert_eq!(claim_class(&after), Some(old.as_str()));
+    assert_eq!(
+        pv_phase(&s.pv(&pv.name_any()).await.expect("the volume is there")),
+        Some("Bound")
+    );
+}
+
 #[tokio::test]
 async fn script_unset_class_deletes_the_claim_and_its_volume() {
     if skip_without_script("script_unset_class_deletes_the_claim_and_its_volume") {

@@ -990,21 +990,17 @@ mod migrate {
         c.assert_untouched(&claim, &pv).await;
     }
 
-    /// The claim is deleted before its pods are evicted: without the right to evict, the claim is
-    /// left being deleted, held by pvc-protection for the pod, and a rerun with the right resumes.
+    /// Evictions are sent as dry runs before the claim is deleted: without the right to evict,
+    /// nothing is changed (the claim is not left being deleted), and a rerun with it migrates.
     #[tokio::test]
-    async fn rbac_without_eviction_is_forbidden_and_a_rerun_resumes() {
+    async fn rbac_without_eviction_is_forbidden_and_changes_nothing() {
         let (c, claim, pv) = Cluster::with_bound_claim("rbac-no-evict", "Retain").await;
         let pod = c.running_pod("user", "data").await;
         let settings = [("WAIT_TIMEOUT", "30s")];
         let without = Some(("pods/eviction", "create"));
         let run = run_as(&c, "hook", "data", &EVICT, without, &settings).await;
-        let o = run.expect_status(6).outcome();
-        assert_eq!(
-            (o.result.as_str(), o.done_kinds()),
-            ("part-way", vec!["claim-deleted"]),
-            "{run}"
-        );
+        let o = run.expect_result(4, "failed");
+        assert!(!o.changed, "{run}");
         assert!(
             o.error().starts_with(&format!(
                 "create pods/eviction \"user\" in namespace \"{}\": HTTP 403 Forbidden",
@@ -1014,15 +1010,12 @@ mod migrate {
                 .contains("cannot create resource \"pods/eviction\""),
             "{run}"
         );
-        let held = get(&c.claims(), "data").await;
-        assert_eq!(held.uid(), claim.uid());
-        assert!(held.metadata.deletion_timestamp.is_some());
-        assert_eq!(held.finalizers(), [PVC_PROTECTION]);
+        c.assert_untouched(&claim, &pv).await;
         assert_unchanged(&c.pods(), &pod).await;
 
         let stand_in = KubeletStandIn::start(c.name());
         let rerun = run_as(&c, "hook-fixed", "data", &EVICT, None, &settings).await;
-        rerun.expect_shape(0, "migrated: found class, being-deleted, volume, used-by; done pod-evicted, claim-gone; left volume-kept");
+        rerun.expect_shape(0, "migrated: found class, volume, used-by; done claim-deleted, pod-evicted, claim-gone; left volume-kept");
         assert_eq!(stand_in.deleted_pods(), ["user"]);
         c.assert_gone_and_kept("data", &pv).await;
     }
