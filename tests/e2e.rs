@@ -389,6 +389,44 @@ async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume() {
     assert_eq!(s.release_status().await, "failed");
 }
 
+/// A run stopped part-way (exit 6) is retried by the Job (podFailurePolicy lets 4, 5 and 6
+/// count against backoffLimit), and the retry finishes the migration in the same upgrade.
+#[tokio::test]
+async fn a_part_way_hook_is_retried_by_the_job_and_the_retry_finishes() {
+    let (s, before, _) = Release::installed("e2e-retry", Hook::Binary).await;
+    let claims = s.claims();
+    let finalizer = serde_json::json!({"metadata": {"finalizers": ["kubernetes.io/pvc-protection", "example.com/backup"]}});
+    claims
+        .patch(
+            CLAIM,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&finalizer),
+        )
+        .await
+        .expect("adding a foreign finalizer");
+    let release_the_claim = async {
+        poll("the first hook run to stop part-way", || async {
+            s.runner
+                .runs()
+                .iter()
+                .any(|r| r.exit_code == 6)
+                .then_some(())
+        })
+        .await;
+        remove_finalizer(&claims, CLAIM, "example.com/backup").await;
+    };
+    let sets = [("storageclassMigrate.timeout", "2s")];
+    let (out, ()) = tokio::join!(s.upgrade(&s.b, &sets), release_the_claim);
+    s.expect_ok(&out);
+    let runs = s.runner.runs();
+    let codes: Vec<i32> = runs.iter().skip(1).map(|r| r.exit_code).collect();
+    assert_eq!(codes.first(), Some(&6), "{}", s.runner.report());
+    assert_eq!(codes.last(), Some(&0), "{}", s.runner.report());
+    let after = wait_bound(s.client(), s.name(), CLAIM).await;
+    assert_ne!(after.uid(), before.uid());
+    assert_eq!(claim_class(&after), Some(s.b.as_str()));
+}
+
 #[tokio::test]
 async fn script_missing_target_class_deletes_claim_and_volume() {
     if skip_without_script("script_missing_target_class_deletes_claim_and_volume") {
