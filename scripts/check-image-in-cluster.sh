@@ -97,7 +97,8 @@ spec:
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: $reclaim
   storageClassName: slow
-  hostPath: {path: /nonexistent}
+  # Below /tmp so that the hostPath deleter accepts it; never created, so nothing is removed.
+  hostPath: {path: /tmp/storageclass-migrate-image-never-created/$ns}
   claimRef: {namespace: $ns, name: rel-data}
 EOF
   if [ "${3:-}" = with-claim ]; then
@@ -184,7 +185,8 @@ else
   result fail "claim already on the class" "status $status: $output"
 fi
 
-# 4. deleteRetainedPV: the chart adds PV delete/patch, and the volume goes.
+# 4. deleteRetainedPV: the chart adds PV patch; the volume is switched to Delete and its deleter
+#    removes it.
 ns=img-delete-pv-$run
 setup $ns Retain with-claim
 hook $ns --set persistence.storageClass=fast --set storageclassMigrate.deleteRetainedPV=true

@@ -32,7 +32,8 @@ start_timeout=${CONTROL_PLANE_START_TIMEOUT:-120}
 # the namespace/serviceaccount/garbage-collector controllers give realistic PVC/PV lifecycles;
 # root-ca-certificate-publisher creates the kube-root-ca.crt ConfigMap in every namespace;
 # disruption keeps PodDisruptionBudget status current, which the Eviction API requires;
-# clusterrole-aggregation fills the aggregated admin/edit/view ClusterRoles.
+# clusterrole-aggregation fills the aggregated admin/edit/view ClusterRoles; replicaset makes the
+# pods of a ReplicaSet, which a budget with maxUnavailable needs to count its pods.
 controllers=(
   persistentvolume-binder-controller
   persistentvolumeclaim-protection-controller
@@ -45,6 +46,7 @@ controllers=(
   root-ca-certificate-publisher-controller
   disruption-controller
   clusterrole-aggregation-controller
+  replicaset-controller
 )
 
 script_name=control-plane

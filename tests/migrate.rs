@@ -68,6 +68,14 @@ async fn run_as(
 
 const EVICT: [&str; 2] = ["always", "inUseEvict"];
 const WRITE: [&str; 3] = ["always", "inUseEvict", "writeVolumes"];
+/// The rules of STRIP_ALL_FINALIZERS.
+const STRIP: [&str; 5] = [
+    "always",
+    "inUseEvict",
+    "patchClaims",
+    "writeVolumes",
+    "stripAllFinalizers",
+];
 
 /// The cases, in a module so that a name filter (`migrate::`) selects exactly them.
 mod migrate {
@@ -942,11 +950,11 @@ mod migrate {
         let run = run_as(&c, "hook-write", "data", &WRITE, None, &delete_pv).await;
         let o = run.expect_status(0).outcome();
         assert_eq!(
-            o.done_names("volume-deleted"),
+            o.done_names("volume-reclaim-delete"),
             [pv.name_any().as_str()],
             "{run}"
         );
-        c.assert_both_gone("data", &pv).await;
+        c.assert_gone_and_switched_to_delete("data", &pv).await;
 
         // Default settings, with a pod to evict.
         let (_, pv) = c.bound("web", "Retain").await;
@@ -1044,19 +1052,18 @@ mod migrate {
         c.assert_untouched(&claim, &pv).await;
     }
 
-    /// The volume is deleted after the claim: a denied volume delete leaves the claim deleted and
-    /// the volume untouched (but marked), and the summary says so. Once the rule is restored, a
-    /// rerun finishes the volume.
+    /// STRIP_ALL_FINALIZERS deletes the volume after the claim; its delete is sent as a dry run
+    /// before anything changes, so a denied volume delete leaves everything as it was. Once the
+    /// rule is restored, a rerun migrates.
     #[tokio::test]
-    async fn rbac_without_volume_delete_is_forbidden_and_a_rerun_finishes() {
+    async fn rbac_without_volume_delete_is_forbidden_and_changes_nothing() {
         let (c, claim, pv) = Cluster::with_bound_claim("rbac-no-pv-delete", "Retain").await;
         let pv_name = pv.name_any();
-        let delete_pv = [("DELETE_RETAINED_PV", "true")];
+        let strip = [("STRIP_ALL_FINALIZERS", "true")];
         let without = Some(("persistentvolumes", "delete"));
-        let run = run_as(&c, "hook", "data", &WRITE, without, &delete_pv).await;
-        let o = run.expect_status(6).outcome();
-        assert_eq!(o.result, "part-way", "{run}");
-        assert_eq!(o.done_kinds(), ["claim-deleted", "claim-gone"], "{run}");
+        let run = run_as(&c, "hook", "data", &STRIP, without, &strip).await;
+        let o = run.expect_result(4, "failed");
+        assert!(!o.changed, "{run}");
         let denied = format!("delete persistentvolumes \"{pv_name}\": HTTP 403 Forbidden");
         assert!(o.error().starts_with(&denied), "{run}");
         assert!(
@@ -1064,21 +1071,15 @@ mod migrate {
                 .contains("cannot delete resource \"persistentvolumes\""),
             "{run}"
         );
-        let kept = c.assert_gone_and_kept("data", &pv).await;
-        assert_eq!(kept.uid(), pv.uid());
-        assert!(kept.metadata.deletion_timestamp.is_none());
-        assert_eq!(kept.finalizers(), pv.finalizers());
-        assert_eq!(
-            kept.annotations().get(DELETE_AFTER_CLAIM),
-            Some(&format!("{}/data/{}", c.name(), claim.uid().unwrap()))
-        );
-        assert_eq!(claim_ref_uid(&kept), claim.uid().as_deref());
+        c.assert_untouched(&claim, &pv).await;
 
-        let rerun = run_as(&c, "hook-fixed", "data", &WRITE, None, &delete_pv).await;
-        rerun.expect_shape(
-            0,
-            "finished: found claim-absent, marked-volume; done volume-deleted",
+        let rerun = run_as(&c, "hook-fixed", "data", &STRIP, None, &strip).await;
+        let o = rerun.expect_result(0, "migrated");
+        assert_eq!(
+            o.done_names("volume-deleted"),
+            [pv_name.as_str()],
+            "{rerun}"
         );
-        assert!(read(&c.pvs(), &pv_name).await.is_none());
+        c.assert_both_gone("data", &pv).await;
     }
 }

@@ -88,6 +88,7 @@ impl Fixture {
             Volume::host_path(suffix)
                 .class(&c.a)
                 .reserved_for(c.name(), claim)
+                .reclaimable()
         };
         let mut data_pv = volume("pv", "data");
         if shape.csi_volume {
@@ -418,12 +419,13 @@ async fn throttling_that_never_ends_times_out_and_changes_nothing() {
 #[tokio::test]
 async fn a_server_error_on_the_claim_delete_is_retried() {
     let (fx, p, before) = Fixture::proxied("delete-500", Shape::default()).await;
-    let delete = Match::write("DELETE", &fx.claim_path());
-    p.on(delete.clone(), Which::Nth(1), status(500));
+    // A delete carries dryRun in its body: the first is the pre-flight's, the second the real one.
+    let delete = Match::request("DELETE", &fx.claim_path());
+    p.on(delete.clone(), Which::Nth(2), status(500));
 
     let run = via(&p, fx.job(&[]), OK_LIMIT).await;
     assert_eq!(run.expect_status(0).outcome().shape(), KEPT, "{run}");
-    assert_eq!(p.count(&delete), 2, "{}", p.describe());
+    assert_eq!(p.count(&delete), 3, "{}", p.describe());
     fx.assert_kept(&before).await;
 }
 
@@ -472,12 +474,13 @@ async fn a_connection_reset_around_the_claim_delete_is_retried() {
         |f| format!("{f:?}"),
         |fault| async move {
             let (fx, p, before) = Fixture::proxied("reset", Shape::default()).await;
-            let delete = Match::write("DELETE", &fx.claim_path());
-            p.on(delete.clone(), Which::Nth(1), fault);
+            // The first delete is the pre-flight's dry run (dryRun is in its body).
+            let delete = Match::request("DELETE", &fx.claim_path());
+            p.on(delete.clone(), Which::Nth(2), fault);
 
             let run = via(&p, fx.job(&[]), OK_LIMIT).await;
             assert_eq!(run.expect_status(0).outcome().shape(), KEPT, "{run}");
-            assert_eq!(p.count(&delete), 2, "{}", p.describe());
+            assert_eq!(p.count(&delete), 3, "{}", p.describe());
             fx.assert_kept(&before).await;
         },
     );
@@ -724,10 +727,10 @@ enum KillAt {
     ClaimDeleteAnswer,
     /// The watch for the claim to go (the claim deleted, something holds it).
     ClaimWatch,
-    /// The volume delete, before the apiserver saw it.
-    VolumeDelete,
-    /// The volume delete's answer.
-    VolumeDeleteAnswer,
+    /// The switch of the volume's reclaim policy to Delete, before the apiserver saw it.
+    VolumeSwitch,
+    /// The switch's answer: the apiserver switched it (and its deleter may be at work).
+    VolumeSwitchAnswer,
 }
 
 /// What holds the claim after its delete.
@@ -784,12 +787,11 @@ impl KillRow {
     }
 }
 
-const MIGRATED_ALL: &str =
-    "migrated: found class, volume; done claim-deleted, claim-gone, volume-deleted";
-const RESUMED: &str = "migrated: found class, being-deleted, volume, foreign-finalizer; done claim-gone, volume-deleted";
-const RESUMED_POD: &str =
-    "migrated: found class, being-deleted, volume, used-by; done claim-gone, volume-deleted";
-const FINISHED: &str = "finished: found claim-absent, marked-volume; done volume-deleted";
+const MIGRATED_ALL: &str = "migrated: found class, volume; done claim-deleted, claim-gone, volume-reclaim-delete, volume-reclaimed";
+const RESUMED: &str = "migrated: found class, being-deleted, volume, foreign-finalizer; done claim-gone, volume-reclaim-delete, volume-reclaimed";
+const RESUMED_POD: &str = "migrated: found class, being-deleted, volume, used-by; done claim-gone, volume-reclaim-delete, volume-reclaimed";
+const FINISHED: &str =
+    "finished: found claim-absent, marked-volume; done volume-reclaim-delete, volume-reclaimed";
 const ABSENT: &str = "nothing-to-do";
 
 fn kill_rows() -> Vec<KillRow> {
@@ -844,16 +846,16 @@ fn kill_rows() -> Vec<KillRow> {
             &[RESUMED_POD],
         ),
         row(
-            "killed before the volume delete, a rerun finishes it",
-            VolumeDelete,
+            "killed before the reclaim-policy switch, a rerun finishes it",
+            VolumeSwitch,
             Nothing,
             true,
             Killed::ClaimGoneVolumeMarked,
             &[FINISHED],
         ),
         row(
-            "killed after the volume delete, a rerun has nothing left",
-            VolumeDeleteAnswer,
+            "killed after the reclaim-policy switch, a rerun has nothing left",
+            VolumeSwitchAnswer,
             Nothing,
             true,
             Killed::Any,
@@ -908,30 +910,31 @@ async fn killed_at_each_step_a_rerun_converges() {
             let gate = Gate::new();
             let (matcher, fault) = match row.at {
                 KillAt::ClaimDelete => (
-                    Match::write("DELETE", &fx.claim_path()),
+                    Match::request("DELETE", &fx.claim_path()),
                     Fault::Hold(gate.clone()),
                 ),
                 KillAt::ClaimDeleteAnswer => (
-                    Match::write("DELETE", &fx.claim_path()),
+                    Match::request("DELETE", &fx.claim_path()),
                     Fault::HoldAnswer(gate.clone()),
                 ),
                 KillAt::ClaimWatch => (
                     Match::watch(&fx.claims_path()),
                     Fault::Observe(gate.clone()),
                 ),
-                KillAt::VolumeDelete => (
-                    Match::request("DELETE", &fx.pv_path()),
+                KillAt::VolumeSwitch => (
+                    Match::write("PATCH", &fx.pv_path()),
                     Fault::Hold(gate.clone()),
                 ),
-                KillAt::VolumeDeleteAnswer => (
-                    Match::request("DELETE", &fx.pv_path()),
+                KillAt::VolumeSwitchAnswer => (
+                    Match::write("PATCH", &fx.pv_path()),
                     Fault::HoldAnswer(gate.clone()),
                 ),
             };
-            let which = if matches!(row.at, KillAt::ClaimWatch) {
-                Which::Every
-            } else {
-                Which::Nth(1)
+            // A claim delete carries dryRun in its body: the first is the pre-flight's. The
+            // volume's real patches are the mark, then the switch to Delete.
+            let which = match row.at {
+                KillAt::ClaimWatch => Which::Every,
+                _ => Which::Nth(2),
             };
             p.on(matcher.clone(), which, fault);
             let before = fx.snapshot().await;
@@ -1119,15 +1122,8 @@ async fn a_volume_rebound_during_the_run_is_not_touched() {
             let uid = rebind(&fx, how).await;
             gate.release();
 
-            let expected = if planning {
-                format!(
-                    "PersistentVolume {} is bound to claim {}/thief",
-                    fx.pv,
-                    fx.name()
-                )
-            } else {
-                format!("PV {} no longer belongs to the claim", fx.pv)
-            };
+            // Planned on the first read; the second is the pre-flight's, which checks again.
+            let expected = format!("PV {} no longer belongs to the claim", fx.pv);
             let (code, result) = if planning {
                 (3, "refused")
             } else {

@@ -49,6 +49,9 @@ pub const CSI_PROVISIONER: &str = "example.com/csi";
 /// `/tmp/`: kube-controller-manager's hostPath deleter removes any such path (it runs for
 /// `Delete` volumes) and accepts nothing else.
 pub const HOST_PATH_ROOT: &str = "/nonexistent/storageclass-migrate-test";
+/// Directory that reclaimable hostPath volumes point into: below `/tmp`, so the hostPath
+/// deleter accepts them, and never created, so it has nothing to remove.
+pub const RECLAIMABLE_ROOT: &str = "/tmp/storageclass-migrate-test-never-created";
 
 // ------------------------------------------------------------------------------------------
 // StorageClass
@@ -132,6 +135,7 @@ pub struct Volume {
     claim_ref: Option<(String, String)>,
     annotations: BTreeMap<String, String>,
     access_mode: String,
+    reclaimable: bool,
 }
 
 impl Volume {
@@ -145,7 +149,15 @@ impl Volume {
             claim_ref: None,
             annotations: BTreeMap::new(),
             access_mode: "ReadWriteOnce".into(),
+            reclaimable: false,
         }
+    }
+
+    /// Points below [`RECLAIMABLE_ROOT`]: once its policy is `Delete` and it is released, the
+    /// controller manager's hostPath deleter deletes it (there is no data to remove).
+    pub fn reclaimable(mut self) -> Volume {
+        self.reclaimable = true;
+        self
     }
 
     /// Its one access mode (default `ReadWriteOnce`).
@@ -193,8 +205,15 @@ impl Volume {
 
     pub fn build(&self, ns: &TestNamespace) -> PersistentVolume {
         let name = ns.scoped(&self.suffix);
-        let path = format!("{HOST_PATH_ROOT}/{name}");
-        assert!(!path.contains("/tmp/"), "unsafe hostPath {path}");
+        let path = if self.reclaimable {
+            format!("{RECLAIMABLE_ROOT}/{name}")
+        } else {
+            format!("{HOST_PATH_ROOT}/{name}")
+        };
+        assert!(
+            self.reclaimable || !path.contains("/tmp/"),
+            "unsafe hostPath {path}"
+        );
         from_json(json!({
             "metadata": {
                 "name": name,
