@@ -55,6 +55,8 @@ struct Fixture {
     c: Cluster,
     pv: String,
     other_pv: String,
+    /// The uid of claim `data` as created.
+    data_uid: String,
 }
 
 impl std::ops::Deref for Fixture {
@@ -101,11 +103,12 @@ impl Fixture {
             data = data.finalizer(FOREIGN_FINALIZER);
         }
         let other = c.claim("other");
-        tokio::join!(data.create_bound(&c), other.create_bound(&c));
+        let (data, _) = tokio::join!(data.create_bound(&c), other.create_bound(&c));
         Fixture {
             c,
             pv: pv.name_any(),
             other_pv: other_pv.name_any(),
+            data_uid: data.uid().expect("a uid"),
         }
     }
 
@@ -149,8 +152,9 @@ impl Fixture {
         (fx, proxy, before)
     }
 
+    /// The mark a run puts on the volume of claim `data`: namespace, name and uid.
     fn mark(&self) -> Option<String> {
-        Some(format!("{}/data", self.name()))
+        Some(format!("{}/data/{}", self.name(), self.data_uid))
     }
 
     async fn remove_claim_finalizer(&self) {
@@ -793,6 +797,8 @@ const RESUMED_POD: &str = "migrated: found class, being-deleted, volume, used-by
 const FINISHED: &str =
     "finished: found claim-absent, marked-volume; done volume-reclaim-delete, volume-reclaimed";
 const ABSENT: &str = "nothing-to-do";
+/// The rerun after the switch to Delete went through: the deleter finishes the volume.
+const RECLAIMED: &str = "finished: found claim-absent, marked-volume; done volume-reclaimed";
 
 fn kill_rows() -> Vec<KillRow> {
     use {Holder::*, KillAt::*};
@@ -859,7 +865,7 @@ fn kill_rows() -> Vec<KillRow> {
             Nothing,
             true,
             Killed::Any,
-            &[ABSENT, FINISHED],
+            &[ABSENT, FINISHED, RECLAIMED],
         ),
     ]
 }

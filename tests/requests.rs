@@ -256,6 +256,25 @@ fn waits(volumes: bool) -> Vec<Expect> {
     expects
 }
 
+fn budgets_none() -> Expect {
+    expect(
+        "GET",
+        "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
+        200,
+        list("PodDisruptionBudgetList", vec![]),
+    )
+}
+
+/// The reads of a claim on class A used by pod web-0: claim, class, pods, budgets.
+fn reads_with_a_pod(read: &Value) -> Vec<Expect> {
+    vec![
+        expect("GET", CLAIM, 200, read.clone()),
+        class_b(),
+        pods(vec![pod("web-0")]),
+        budgets_none(),
+    ]
+}
+
 fn mark_body() -> Value {
     json!({"metadata": {"resourceVersion": "3", "annotations": {MARK: "apps/data/claim-uid"}}})
 }
@@ -424,12 +443,7 @@ async fn dry_run_sends_every_write_with_dry_run_all_and_nothing_else() {
         class_b(),
         expect("GET", VOLUME, 200, pv.clone()),
         pods(vec![pod("web-0")]),
-        expect(
-            "GET",
-            "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
-            200,
-            list("PodDisruptionBudgetList", vec![]),
-        ),
+        budgets_none(),
     ];
     expects.extend(waits(true));
     expects.extend(patch_volume(&pv, true, mark_body()));
@@ -503,17 +517,7 @@ async fn evict_deletes_the_claim_first_then_evicts_the_pods_listed_again() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         seq(vec![
-            vec![
-                expect("GET", CLAIM, 200, read.clone()),
-                class_b(),
-                pods(vec![pod("web-0")]),
-                expect(
-                    "GET",
-                    "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
-                    200,
-                    list("PodDisruptionBudgetList", vec![]),
-                ),
-            ],
+            reads_with_a_pod(&read),
             waits(false),
             vec![
                 delete_claim(true, read.clone()),
@@ -548,17 +552,7 @@ async fn a_budget_refusing_the_dry_run_eviction_changes_nothing() {
     let outcomes = run_against(
         &["--storage-class", "b"],
         seq(vec![
-            vec![
-                expect("GET", CLAIM, 200, read.clone()),
-                class_b(),
-                pods(vec![pod("web-0")]),
-                expect(
-                    "GET",
-                    "/apis/policy/v1/namespaces/apps/poddisruptionbudgets?&limit=500",
-                    200,
-                    list("PodDisruptionBudgetList", vec![]),
-                ),
-            ],
+            reads_with_a_pod(&read),
             waits(false),
             vec![
                 delete_claim(true, read),
