@@ -464,7 +464,16 @@ mod tests {
 
     #[test]
     fn copy_command() {
-        let args = parse(&["copy", "--from", "/a", "--to", "/b", "--summary-format", "json"]).unwrap();
+        let args = parse(&[
+            "copy",
+            "--from",
+            "/a",
+            "--to",
+            "/b",
+            "--summary-format",
+            "json",
+        ])
+        .unwrap();
         assert_eq!(args.summary_format, SummaryFormat::Json);
         let Some(Command::Copy(copy)) = args.command else {
             panic!("not the copy command");
@@ -473,10 +482,15 @@ mod tests {
         assert_eq!(options.from, PathBuf::from("/a"));
         assert!(options.verify);
         assert_eq!(options.progress_interval, Duration::from_secs(5));
-        let Some(Command::Copy(copy)) =
-            parse(&["copy", "--from=/a", "--to=/b", "--verify=false", "--progress-interval=1m"])
-                .unwrap()
-                .command
+        let Some(Command::Copy(copy)) = parse(&[
+            "copy",
+            "--from=/a",
+            "--to=/b",
+            "--verify=false",
+            "--progress-interval=1m",
+        ])
+        .unwrap()
+        .command
         else {
             panic!("not the copy command");
         };

@@ -118,13 +118,8 @@ pub fn set_mode_path(path: &Path, attrs: &Attrs) -> io::Result<()> {
 
 /// Times of a path, never following a symlink.
 pub fn set_times_path(path: &Path, attrs: &Attrs) -> io::Result<()> {
-    rustix::fs::utimensat(
-        CWD,
-        path,
-        &attrs.timestamps(),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(io::Error::from)
+    rustix::fs::utimensat(CWD, path, &attrs.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(io::Error::from)
 }
 
 /// Why extended attributes were not all copied, when that is not an error of the copy.
@@ -171,9 +166,10 @@ pub fn copy_xattrs_fd(src: impl AsFd, dst: impl AsFd) -> io::Result<XattrOutcome
     };
     let mut outcome = XattrOutcome::Copied;
     for name in names(&list) {
-        let value = read_value(|buf| rustix::fs::fgetxattr(src, name, buf), || {
-            rustix::fs::fgetxattr_query(src, name)
-        })?;
+        let value = read_value(
+            |buf| rustix::fs::fgetxattr(src, name, buf),
+            || rustix::fs::fgetxattr_query(src, name),
+        )?;
         let Some(value) = value else { continue };
         if let Err(e) = rustix::fs::fsetxattr(dst, name, &value, XattrFlags::empty()) {
             if unsupported(&e) {
@@ -207,9 +203,10 @@ pub fn copy_xattrs_path(src: &Path, dst: &Path) -> io::Result<XattrOutcome> {
     };
     let mut outcome = XattrOutcome::Copied;
     for name in names(&list) {
-        let value = read_value(|buf| rustix::fs::lgetxattr(src, name, buf), || {
-            rustix::fs::lgetxattr_query(src, name)
-        })?;
+        let value = read_value(
+            |buf| rustix::fs::lgetxattr(src, name, buf),
+            || rustix::fs::lgetxattr_query(src, name),
+        )?;
         let Some(value) = value else { continue };
         if let Err(e) = rustix::fs::lsetxattr(dst, name, &value, XattrFlags::empty()) {
             if unsupported(&e) {
@@ -257,9 +254,10 @@ pub fn list_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     list.truncate(n);
     let mut out = Vec::new();
     for name in names(&list) {
-        let value = read_value(|buf| rustix::fs::lgetxattr(path, name, buf), || {
-            rustix::fs::lgetxattr_query(path, name)
-        })?;
+        let value = read_value(
+            |buf| rustix::fs::lgetxattr(path, name, buf),
+            || rustix::fs::lgetxattr_query(path, name),
+        )?;
         if let Some(value) = value {
             out.push((name.to_vec(), value));
         }

@@ -3,12 +3,54 @@
 //! holes (`SEEK_DATA`/`SEEK_HOLE`), so that a sparse file stays sparse.
 
 use std::cell::RefCell;
+use std::ffi::OsString;
 use std::fs::File;
+use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
 
-use rustix::fs::SeekFrom;
+use rustix::fs::{Mode, OFlags, SeekFrom};
 use rustix::io::Errno;
+
+/// Opens a file to read, never following a symlink, and without touching its access time where
+/// this process may (owner or CAP_FOWNER): neither the source's nor the copy's atime changes.
+pub fn open_to_read(path: &Path) -> io::Result<File> {
+    let open = |flags: OFlags| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits() as i32)
+            .open(path)
+    };
+    match open(OFlags::NOFOLLOW | OFlags::NOATIME) {
+        Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => open(OFlags::NOFOLLOW),
+        other => other,
+    }
+}
+
+/// The names in a directory, read without touching its access time where this process may.
+pub fn names_in(dir: &Path) -> io::Result<Vec<OsString>> {
+    let open = |flags: OFlags| {
+        rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | flags,
+            Mode::empty(),
+        )
+    };
+    let fd = match open(OFlags::NOATIME) {
+        Err(Errno::PERM) => open(OFlags::empty())?,
+        other => other?,
+    };
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(std::ffi::OsStr::from_bytes(&name).to_owned());
+        }
+    }
+    Ok(names)
+}
 
 /// Size of the buffer of the read-and-write fallback and of the hashing reads.
 pub const BUFFER: usize = 1 << 20;
@@ -70,7 +112,8 @@ fn copy_range(src: &File, dst: &File, offset: u64, len: Option<u64>) -> io::Resu
     let mut off_in = offset;
     let mut off_out = offset;
     let end = len.map(|l| offset + l);
-    let remaining = |at: u64| end.map_or(1 << 30, |end| end.saturating_sub(at).min(1 << 30)) as usize;
+    let remaining =
+        |at: u64| end.map_or(1 << 30, |end| end.saturating_sub(at).min(1 << 30)) as usize;
     // copy_file_range: in the kernel, and a reflink where the filesystem shares extents.
     loop {
         let want = remaining(off_in);
@@ -161,7 +204,11 @@ mod tests {
     fn fallback_copies_a_range() {
         let dir = tempfile::tempdir().unwrap();
         let src_path = dir.path().join("src");
-        std::fs::write(&src_path, (0..3_000_000u32).map(|i| i as u8).collect::<Vec<_>>()).unwrap();
+        std::fs::write(
+            &src_path,
+            (0..3_000_000u32).map(|i| i as u8).collect::<Vec<_>>(),
+        )
+        .unwrap();
         let src = File::open(&src_path).unwrap();
         let dst = File::create(dir.path().join("dst")).unwrap();
         assert_eq!(fallback(&src, &dst, 0, None).unwrap(), 3_000_000);

@@ -296,7 +296,11 @@ pub fn run(options: &Options) -> std::result::Result<Report, CopyError> {
         "copying"
     );
     {
-        let _progress = Reporter::start(Arc::clone(&ctx.stats), Phase::Copy, options.progress_interval);
+        let _progress = Reporter::start(
+            Arc::clone(&ctx.stats),
+            Phase::Copy,
+            options.progress_interval,
+        );
         tree::copy(&ctx, &options.from, &options.to, &root, workers);
     }
     let stats = &ctx.stats;
@@ -309,7 +313,11 @@ pub fn run(options: &Options) -> std::result::Result<Report, CopyError> {
         "copy pass done"
     );
     let verified = if options.verify {
-        let _progress = Reporter::start(Arc::clone(&ctx.stats), Phase::Verify, options.progress_interval);
+        let _progress = Reporter::start(
+            Arc::clone(&ctx.stats),
+            Phase::Verify,
+            options.progress_interval,
+        );
         verify::verify(&ctx, &options.from, &options.to, workers);
         Some(Stats::get(&stats.verified))
     } else {

@@ -11,11 +11,11 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::Context;
 use super::entry::{self, Attrs, Kind};
 use super::file;
 use super::pool::Pool;
 use super::progress::Stats;
-use super::Context;
 
 /// A directory whose attributes are set at the end.
 struct Dir {
@@ -202,11 +202,7 @@ pub fn partial_name(dst: &Path) -> PathBuf {
         partial.extend_from_slice(PARTIAL_SUFFIX.as_bytes());
         partial
     } else {
-        format!(
-            ".{}{PARTIAL_SUFFIX}",
-            &blake3::hash(name).to_hex()[..32]
-        )
-        .into_bytes()
+        format!(".{}{PARTIAL_SUFFIX}", &blake3::hash(name).to_hex()[..32]).into_bytes()
     };
     // SAFETY: made of a name from the OS and ASCII.
     dst.with_file_name(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(&partial) })
@@ -219,11 +215,7 @@ fn copy_file(ctx: &Context, src: &Path, dst: &Path, meta: &Metadata) -> Result<(
         Stats::add(&ctx.stats.unchanged, 1);
         return Ok(());
     }
-    let input = OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(src)
-        .map_err(at("cannot open the file"))?;
+    let input = file::open_to_read(src).map_err(at("cannot open the file"))?;
     let partial = partial_name(dst);
     let output = OpenOptions::new()
         .write(true)

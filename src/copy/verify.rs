@@ -4,10 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::Context;
@@ -63,9 +63,15 @@ pub fn verify(ctx: &Arc<Context>, from: &Path, to: &Path, workers: usize) {
                     (Ok(a), Ok(b)) if a == b => {}
                     (Ok(a), Ok(b)) => ctx.differ(
                         &src,
-                        &format!("symlink target {} in the copy, {} in the source", b.display(), a.display()),
+                        &format!(
+                            "symlink target {} in the copy, {} in the source",
+                            b.display(),
+                            a.display()
+                        ),
                     ),
-                    (_, Err(e)) | (Err(e), _) => ctx.differ(&src, &format!("cannot read the symlink ({e})")),
+                    (_, Err(e)) | (Err(e), _) => {
+                        ctx.differ(&src, &format!("cannot read the symlink ({e})"))
+                    }
                 },
                 Kind::File => {
                     if meta.nlink() > 1 {
@@ -87,15 +93,18 @@ pub fn verify(ctx: &Arc<Context>, from: &Path, to: &Path, workers: usize) {
                 Kind::Special(_) => {}
             }
         }
-        match fs::read_dir(&dst_dir) {
-            Ok(entries) => {
-                for entry in entries.flatten() {
-                    if !names.contains(&entry.file_name()) {
-                        ctx.differ(&entry.path(), "in the copy but not in the source");
+        match file::names_in(&dst_dir) {
+            Ok(copy_names) => {
+                for name in copy_names {
+                    if !names.contains(&name) {
+                        ctx.differ(&dst_dir.join(name), "in the copy but not in the source");
                     }
                 }
             }
-            Err(e) => ctx.differ(&dst_dir, &format!("cannot read the directory of the copy ({e})")),
+            Err(e) => ctx.differ(
+                &dst_dir,
+                &format!("cannot read the directory of the copy ({e})"),
+            ),
         }
     }
     pool.finish();
@@ -113,17 +122,28 @@ fn compare(ctx: &Context, src: &Path, meta: &Metadata, copy: &Metadata) -> bool 
     if kind != copy_kind {
         ctx.differ(
             src,
-            &format!("a {} in the copy, a {} in the source", copy_kind.name(), kind.name()),
+            &format!(
+                "a {} in the copy, a {} in the source",
+                copy_kind.name(),
+                kind.name()
+            ),
         );
         return false;
     }
     let (a, b) = (Attrs::of(meta), Attrs::of(copy));
     let mut differences = Vec::new();
     if kind == Kind::File && meta.len() != copy.len() {
-        differences.push(format!("size {} in the copy, {} in the source", copy.len(), meta.len()));
+        differences.push(format!(
+            "size {} in the copy, {} in the source",
+            copy.len(),
+            meta.len()
+        ));
     }
     if kind != Kind::Symlink && a.mode != b.mode {
-        differences.push(format!("mode {:04o} in the copy, {:04o} in the source", b.mode, a.mode));
+        differences.push(format!(
+            "mode {:04o} in the copy, {:04o} in the source",
+            b.mode, a.mode
+        ));
     }
     if !ctx.owners_skipped() && (a.uid, a.gid) != (b.uid, b.gid) {
         differences.push(format!(
@@ -144,16 +164,17 @@ fn compare(ctx: &Context, src: &Path, meta: &Metadata, copy: &Metadata) -> bool 
 }
 
 fn compare_contents(ctx: &Context, src: &Path, dst: &Path, len: u64) {
-    let open = |path: &PathBuf| File::open(path);
     let hashes = (|| -> io::Result<(blake3::Hash, blake3::Hash)> {
-        let (a, b) = (open(&src.to_owned())?, open(&dst.to_owned())?);
+        let (a, b) = (file::open_to_read(src)?, file::open_to_read(dst)?);
         if len < PARALLEL_HASH {
             return Ok((file::hash(&a)?, file::hash(&b)?));
         }
         std::thread::scope(|scope| {
             let copy = scope.spawn(|| file::hash(&b));
             let source = file::hash(&a)?;
-            let copy = copy.join().unwrap_or_else(|_| Err(io::Error::other("hashing thread panicked")))?;
+            let copy = copy
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("hashing thread panicked")))?;
             Ok((source, copy))
         })
     })();
