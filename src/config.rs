@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::class::Desired;
 use crate::error::Error;
@@ -22,6 +22,7 @@ Exit status:
   4  Kubernetes API error: unreachable, unauthorized, forbidden (the denied verb and resource are named); nothing was changed
   5  timed out, or stopped (deadline, SIGTERM), before anything was changed
   6  stopped part-way: something was changed, then a failure, refusal, timeout or signal; a rerun finishes it
+  7  copy: an entry could not be copied, or the verification found a difference
 With several claims, the status is the highest of theirs.
 
 Script-compatible setting: --in-use force --delete-retained-pv --strip-all-finalizers";
@@ -32,6 +33,10 @@ Script-compatible setting: --in-use force --delete-retained-pv --strip-all-final
 #[derive(Debug, Parser)]
 #[command(name = "storageclass-migrate", version, after_help = AFTER_HELP)]
 pub struct Args {
+    /// Without a command: the hook, as the flags and variables below say
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Claim name, or several separated by commas
     #[arg(long = "pvc", env = "PVC_NAME", value_name = "NAME[,NAME...]")]
     pub pvc: Option<String>,
@@ -93,21 +98,80 @@ pub struct Args {
     pub context: Option<String>,
 
     /// Log format on stderr; filter with RUST_LOG
-    #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Summary on stdout: one line of text per claim, or one JSON object per claim
-    #[arg(long, env = "SUMMARY_FORMAT", value_name = "FORMAT", value_enum, default_value_t = SummaryFormat::Text)]
+    #[arg(long, global = true, env = "SUMMARY_FORMAT", value_name = "FORMAT", value_enum, default_value_t = SummaryFormat::Text)]
     pub summary_format: SummaryFormat,
 
     /// File that receives the summary for `kubectl describe pod` (best effort, at most 4 KiB)
     #[arg(
         long,
+        global = true,
         env = "TERMINATION_LOG",
         value_name = "PATH",
         default_value = "/dev/termination-log"
     )]
     pub termination_log: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy a directory tree into another, keeping what a volume's data needs, then verify it
+    #[command(after_help = COPY_AFTER_HELP)]
+    Copy(CopyArgs),
+}
+
+const COPY_AFTER_HELP: &str = "\
+Keeps regular files, directories, symlinks (never followed), hard links, owners and groups (numeric),
+modes with setuid/setgid/sticky, access and modification times, sparse regions and extended
+attributes (a target that refuses one: a warning). Devices, FIFOs and sockets are skipped with a
+warning. A rerun leaves alone the files already identical (kind, size, modification time, mode,
+owner). Files are written under a hidden name and renamed into place once complete.
+
+Exit status:
+  0  copied (and verified)
+  1  internal error
+  2  bad input: a directory is missing, not a directory, or inside the other; nothing was written
+  7  incomplete: an entry could not be copied (each is named in the log), or the verification
+     found a difference; a rerun copies what is left";
+
+/// `storageclass-migrate copy --from DIR --to DIR`
+#[derive(Debug, Clone, clap::Args)]
+pub struct CopyArgs {
+    /// Directory to copy from (its contents and its own owner, mode and times)
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+
+    /// Directory to copy into; made if absent
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+
+    /// After copying, compare every entry (kind, size, mode, owner, times, symlink target,
+    /// BLAKE3 of contents); --verify=false skips it
+    #[arg(long, value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub verify: bool,
+
+    /// How often progress (files, bytes, rate) is logged, e.g. 5s
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_timeout)]
+    pub progress_interval: Duration,
+
+    /// Files copied (and hashed) at once
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+}
+
+impl CopyArgs {
+    pub fn options(&self) -> crate::copy::Options {
+        crate::copy::Options {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            verify: self.verify,
+            progress_interval: self.progress_interval,
+            workers: usize::from(self.workers),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -389,6 +453,50 @@ mod tests {
         assert!(args.dry_run);
         assert!(!args.delete_retained_pv);
         assert!(args.strip_all_finalizers);
+    }
+
+    #[test]
+    fn without_a_command_the_hook_flags_work_as_before() {
+        let args = parse(&["--pvc", "data", "--storage-class", "fast"]).unwrap();
+        assert!(args.command.is_none());
+        assert_eq!(args.pvc.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn copy_command() {
+        let args = parse(&[
+            "copy",
+            "--from",
+            "/a",
+            "--to",
+            "/b",
+            "--summary-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(args.summary_format, SummaryFormat::Json);
+        let Some(Command::Copy(copy)) = args.command else {
+            panic!("not the copy command");
+        };
+        let options = copy.options();
+        assert_eq!(options.from, PathBuf::from("/a"));
+        assert!(options.verify);
+        assert_eq!(options.progress_interval, Duration::from_secs(5));
+        let Some(Command::Copy(copy)) = parse(&[
+            "copy",
+            "--from=/a",
+            "--to=/b",
+            "--verify=false",
+            "--progress-interval=1m",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not the copy command");
+        };
+        assert!(!copy.verify);
+        assert_eq!(copy.progress_interval, Duration::from_secs(60));
+        assert!(parse(&["copy", "--from", "/a"]).is_err());
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum ExitStatus {
     /// Stopped part-way: something was changed, then a failure, refusal, timeout or signal
     /// stopped the run; the summary lists what was done and what is left, a rerun finishes it.
     PartWay = 6,
+    /// `copy`: an entry could not be copied, or the verification found a difference.
+    CopyIncomplete = 7,
 }
 
 impl serde::Serialize for ExitStatus {

@@ -3,13 +3,15 @@
 //! [`decision`] decides, from what the API returned, what to do with a claim. [`migrate`] reads
 //! and plans a claim, runs its pre-flight and commits it through [`execute`], whose steps live in
 //! [`claim`], [`eviction`] and [`volume`]; [`api`] bounds and retries each request; [`run`]
-//! drives every claim of a run within its deadline.
+//! drives every claim of a run within its deadline. [`copy`] is the `copy` subcommand, which
+//! copies a volume's data into another.
 
 pub mod api;
 pub mod claim;
 pub mod class;
 pub mod client;
 pub mod config;
+pub mod copy;
 pub mod decision;
 pub mod error;
 pub mod eviction;

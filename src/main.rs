@@ -2,13 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use storageclass_migrate::config::{LogFormat, SummaryFormat};
-use storageclass_migrate::{Args, Error, ExitStatus, client, run, summary, telemetry};
+use storageclass_migrate::config::{Command, CopyArgs, LogFormat, SummaryFormat};
+use storageclass_migrate::{Args, Error, ExitStatus, client, copy, run, summary, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -18,16 +17,60 @@ async fn main() -> ExitCode {
     };
     telemetry::init(args.log_format);
     report_panics(&args);
-    let status = match execute(&args).await {
-        Ok(status) => status,
-        Err(error) => {
-            let line = format!("error: {}", error.to_string().replace('\n', " "));
-            tracing::error!(exit_status = error.exit_status().code(), "{line}");
-            summary::write_termination_log(&args.termination_log, &[line]);
-            error.exit_status()
-        }
+    let status = match &args.command {
+        Some(Command::Copy(copy)) => copy_data(&args, copy),
+        None => hook(&args),
     };
     ExitCode::from(status.code() as u8)
+}
+
+/// The hook: no command given.
+fn hook(args: &Args) -> ExitStatus {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return fail(
+                args,
+                &format!("internal error: cannot start the runtime: {e}"),
+                ExitStatus::Internal,
+            );
+        }
+    };
+    match runtime.block_on(execute(args)) {
+        Ok(status) => status,
+        Err(error) => fail(args, &error.to_string(), error.exit_status()),
+    }
+}
+
+/// `copy --from DIR --to DIR`: the summary line (or JSON object) on stdout.
+fn copy_data(args: &Args, copy: &CopyArgs) -> ExitStatus {
+    match copy::run(&copy.options()) {
+        Ok(report) => {
+            let line = report.line();
+            match args.summary_format {
+                SummaryFormat::Text => println!("{line}"),
+                SummaryFormat::Json => println!("{}", report.json()),
+            }
+            summary::write_termination_log(&args.termination_log, &[line]);
+            report.status
+        }
+        Err(error) => fail(args, &error.to_string(), error.exit_status()),
+    }
+}
+
+/// An error that ends the run: logged on stderr and written to the termination log. The hook's
+/// stdout holds claim summaries only; a copy's error is its summary, on stdout too.
+fn fail(args: &Args, error: &str, status: ExitStatus) -> ExitStatus {
+    let line = format!("error: {}", error.replace('\n', " "));
+    tracing::error!(exit_status = status.code(), "{line}");
+    if args.command.is_some() {
+        println!("{line}");
+    }
+    summary::write_termination_log(&args.termination_log, &[line]);
+    status
 }
 
 async fn execute(args: &Args) -> Result<ExitStatus, Error> {
