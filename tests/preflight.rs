@@ -18,21 +18,24 @@ const BACKUP_FINALIZER: &str = "example.com/backup";
 // ------------------------------------------------------------------------------------------
 // Budgets
 
+/// Running pods labelled `app=web` that mount claim `data`, under the budget `web` with
+/// `minAvailable` as given, once the disruption controller has counted them.
+async fn web_pods_under_budget(c: &Cluster, pods: &[&str], min_available: i32) -> Vec<Pod> {
+    let mut created = Vec::new();
+    for pod in pods {
+        let user = ClaimUser::new(pod).claim("data").label("app", "web");
+        created.push(user.running().create(c).await);
+    }
+    let budget = Budget::new("web", "app", "web").min_available(min_available);
+    budget.create(c).await;
+    Budget::wait_computed(c, "web", pods.len() as i32).await;
+    created
+}
+
 #[tokio::test]
 async fn a_budget_allowing_no_disruption_refuses_and_changes_nothing() {
     let (c, claim, pv) = Cluster::with_bound_claim("budget-none", "Retain").await;
-    let pod = ClaimUser::new("web-0")
-        .claim("data")
-        .label("app", "web")
-        .running()
-        .create(&c)
-        .await;
-    Budget::new("web", "app", "web")
-        .min_available(1)
-        .create(&c)
-        .await;
-    let budget = Budget::wait_computed(&c, "web", 1).await;
-    assert_eq!(budget.status.unwrap().disruptions_allowed, 0);
+    let pod = web_pods_under_budget(&c, &["web-0"], 1).await.remove(0);
 
     let run = c.migrate("data", &[]).await;
     let o = run.expect_result(3, "refused");
@@ -112,19 +115,7 @@ async fn three_pods_under_a_budget_of_one_are_refused_before_anything_changes() 
 #[tokio::test]
 async fn a_sufficient_budget_lets_the_pods_go() {
     let (c, _, pv) = Cluster::with_bound_claim("budget-enough", "Retain").await;
-    for pod in ["web-0", "web-1"] {
-        ClaimUser::new(pod)
-            .claim("data")
-            .label("app", "web")
-            .running()
-            .create(&c)
-            .await;
-    }
-    Budget::new("web", "app", "web")
-        .min_available(0)
-        .create(&c)
-        .await;
-    Budget::wait_computed(&c, "web", 2).await;
+    web_pods_under_budget(&c, &["web-0", "web-1"], 0).await;
     let stand_in = KubeletStandIn::start(c.name());
 
     let run = c.migrate("data", &[("WAIT_TIMEOUT", "30s")]).await;
