@@ -10,6 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -41,6 +42,8 @@ pub struct Cluster {
     /// comes back at once instead of after minutes of retries.
     pub evictions: Api<Pod>,
     pub budgets: Api<PodDisruptionBudget>,
+    /// The copy Jobs of `--data copy`.
+    pub jobs: Api<Job>,
     pub classes: Api<StorageClass>,
     pub namespaces: Api<Namespace>,
     pub reviews: Api<SelfSubjectAccessReview>,
@@ -57,6 +60,7 @@ impl Cluster {
             pods: Api::namespaced(client.clone(), &namespace),
             evictions: Api::namespaced(evictions, &namespace),
             budgets: Api::namespaced(client.clone(), &namespace),
+            jobs: Api::namespaced(client.clone(), &namespace),
             classes: Api::all(client.clone()),
             namespaces: Api::all(client.clone()),
             reviews: Api::all(client),

@@ -73,6 +73,29 @@ pub struct Args {
     #[arg(long, env = "STRIP_ALL_FINALIZERS", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub strip_all_finalizers: bool,
 
+    /// What becomes of the data: delete (the claim is recreated empty on the new class) or copy
+    /// (copied to a volume of the new class, which the claim is recreated on)
+    #[arg(long, env = "DATA_POLICY", value_name = "POLICY", value_enum, default_value_t = DataPolicy::Delete)]
+    pub data: DataPolicy,
+
+    /// With --data copy: the image the copy Job runs (this binary's own image, FROM scratch)
+    #[arg(long, env = "COPY_IMAGE", value_name = "IMAGE")]
+    pub copy_image: Option<String>,
+
+    /// With --data copy: run the copy as this uid instead of root with CHOWN, DAC_OVERRIDE,
+    /// FOWNER and FSETID (for namespaces that enforce the restricted Pod Security level)
+    #[arg(long, env = "COPY_AS_USER", value_name = "UID", value_parser = clap::value_parser!(i64).range(1..=2147483647))]
+    pub copy_as_user: Option<i64>,
+
+    /// With --data copy: verify the copy (sizes and a content hash) before the claim moves to it
+    #[arg(long, env = "COPY_VERIFY", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    pub copy_verify: bool,
+
+    /// With --data copy: once the copy is verified and the claim bound to it, give the old volume
+    /// back its reclaim policy (Delete: its provisioner deletes it); otherwise it is kept, Retain
+    #[arg(long, env = "DELETE_OLD_VOLUME", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub delete_old_volume: bool,
+
     /// Only read and print the plan; deletes and patches are sent with server-side dry run
     #[arg(long, env = "DRY_RUN", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub dry_run: bool,
@@ -185,6 +208,14 @@ pub enum InUsePolicy {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataPolicy {
+    /// Delete the claim; Helm recreates it, empty, on the new class
+    Delete,
+    /// Copy the data to a volume of the new class and recreate the claim bound to it
+    Copy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SummaryFormat {
     /// `<namespace>/<claim>: <result>: found ...; done: ...; left: ...`
     Text,
@@ -216,6 +247,17 @@ pub struct Policies {
     pub in_use: InUsePolicy,
     pub delete_retained_pv: bool,
     pub strip_all_finalizers: bool,
+    pub data: DataPolicy,
+}
+
+/// How the copy of `--data copy` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySettings {
+    pub image: String,
+    /// None: root with the capabilities the copy needs.
+    pub as_user: Option<i64>,
+    pub verify: bool,
+    pub delete_old_volume: bool,
 }
 
 /// Where to find the cluster.
@@ -234,6 +276,8 @@ pub struct Config {
     pub namespace: Option<String>,
     pub desired: Desired,
     pub policies: Policies,
+    /// Some with `--data copy`.
+    pub copy: Option<CopySettings>,
     pub dry_run: bool,
     pub timeout: Duration,
     pub deadline: Duration,
@@ -271,6 +315,7 @@ impl Args {
         if let Desired::Named(class) = &desired {
             validate::dns_subdomain("storage class", class).map_err(Error::Input)?;
         }
+        let copy = self.copy_settings()?;
         if let Some(context) = &self.context
             && context.trim().is_empty()
         {
@@ -286,7 +331,9 @@ impl Args {
                 in_use: self.in_use,
                 delete_retained_pv: self.delete_retained_pv,
                 strip_all_finalizers: self.strip_all_finalizers,
+                data: self.data,
             },
+            copy,
             dry_run: self.dry_run,
             timeout: self.timeout,
             deadline: self.deadline,
@@ -296,6 +343,46 @@ impl Args {
                 context: self.context.clone(),
             },
         })
+    }
+}
+
+impl Args {
+    fn copy_settings(&self) -> Result<Option<CopySettings>, Error> {
+        if self.data == DataPolicy::Delete {
+            let copy_only = [
+                (self.copy_image.is_some(), "COPY_IMAGE"),
+                (self.copy_as_user.is_some(), "COPY_AS_USER"),
+                (self.delete_old_volume, "DELETE_OLD_VOLUME"),
+            ];
+            if let Some((_, name)) = copy_only.iter().find(|(set, _)| *set) {
+                return Err(Error::Input(format!(
+                    "{name} applies only with DATA_POLICY=copy (--data copy)"
+                )));
+            }
+            return Ok(None);
+        }
+        if self.strip_all_finalizers || self.delete_retained_pv {
+            return Err(Error::Input(
+                "--data copy keeps the old volume until the copy is verified: it cannot be combined with --strip-all-finalizers or --delete-retained-pv (use --delete-old-volume)".into(),
+            ));
+        }
+        let Some(image) = non_empty(self.copy_image.as_deref()) else {
+            return Err(Error::Input(
+                "--data copy needs the image to run the copy in: set COPY_IMAGE (or --copy-image)"
+                    .into(),
+            ));
+        };
+        if image.trim() != image || image.contains(char::is_whitespace) {
+            return Err(Error::Input(format!(
+                "copy image {image:?} contains spaces"
+            )));
+        }
+        Ok(Some(CopySettings {
+            image,
+            as_user: self.copy_as_user,
+            verify: self.copy_verify,
+            delete_old_volume: self.delete_old_volume,
+        }))
     }
 }
 

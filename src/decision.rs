@@ -353,6 +353,10 @@ pub enum Refusal {
         request: String,
         message: String,
     },
+    /// `--data copy` cannot copy this claim.
+    CannotCopy {
+        reason: String,
+    },
     /// Ready, but held back: other claims of the run could not go through, and a run changes
     /// nothing unless every claim can.
     HeldBack {
@@ -396,6 +400,10 @@ impl fmt::Display for Refusal {
             Refusal::Rejected { request, message } => {
                 write!(f, "{request} was rejected: {message}")
             }
+            Refusal::CannotCopy { reason } => write!(
+                f,
+                "cannot keep the data: {reason}; nothing was changed (DATA_POLICY=delete replaces the volume instead)"
+            ),
             Refusal::HeldBack { claims } => write!(
                 f,
                 "held back: {} of this run could not go through, and a run changes nothing unless every claim can",
@@ -494,6 +502,8 @@ pub struct Plan {
     pub volume: VolumeStep,
     /// Disruptions of each budget that the evictions use.
     pub budget_use: BudgetUse,
+    /// With `--data copy`: the data is copied to the new class before the claim is made again.
+    pub keep: Option<crate::keep::Record>,
 }
 
 /// Everything read from the API about a claim that needs migrating.
@@ -577,6 +587,7 @@ pub fn plan(facts: Facts<'_>, policies: Policies) -> Result<Plan, Refusal> {
         foreign_finalizers,
         volume,
         budget_use,
+        keep: None,
     })
 }
 
@@ -711,6 +722,7 @@ pub fn join<T: fmt::Display>(items: &[T]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DataPolicy;
     use k8s_openapi::api::core::v1::{
         ObjectReference, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
         PersistentVolumeSpec, PodSpec, Volume,
@@ -813,6 +825,7 @@ mod tests {
             in_use,
             delete_retained_pv: false,
             strip_all_finalizers: false,
+            data: DataPolicy::Delete,
         }
     }
 
@@ -1333,6 +1346,7 @@ mod tests {
             in_use: InUsePolicy::Evict,
             delete_retained_pv: true,
             strip_all_finalizers: true,
+            data: DataPolicy::Delete,
         };
         let plan = plan(facts, policies).unwrap();
         assert!(plan.resume);

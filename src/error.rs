@@ -109,6 +109,10 @@ pub enum Error {
     #[error("{0}")]
     Stopped(Stop),
 
+    /// The copy of `--data copy` failed, after the claim was deleted: the old data is kept.
+    #[error("{0}")]
+    CopyFailed(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -132,6 +136,7 @@ impl Error {
             Error::Refused(_) => ExitStatus::Refused,
             Error::Api { .. } => ExitStatus::Api,
             Error::Timeout { .. } | Error::Stopped(_) => ExitStatus::Timeout,
+            Error::CopyFailed(_) => ExitStatus::PartWay,
             Error::Internal(_) => ExitStatus::Internal,
         }
     }

@@ -2,14 +2,22 @@
 //! nothing is waited for; run for real, the same writes in the same order, each waited out.
 //! A run commits only after its pre-flight went through whole.
 
+use tokio::time::Instant;
 use tracing::warn;
 
 use crate::api::Cluster;
-use crate::config::{InUsePolicy, Policies};
+use crate::config::{CopySettings, InUsePolicy, Policies};
 use crate::decision::{self, Plan, VolumePlan, join};
 use crate::error::Error;
 use crate::summary::{Kind, Report};
-use crate::{claim, eviction, volume};
+use crate::{claim, eviction, keep, volume};
+
+/// How the data of `--data copy` is copied, and until when the run may wait for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Copying<'a> {
+    pub settings: &'a CopySettings,
+    pub deadline: Instant,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -39,10 +47,29 @@ pub async fn execute(
     cluster: &Cluster,
     plan: &Plan,
     policies: Policies,
+    copying: Option<Copying<'_>>,
     mode: Mode,
     report: &mut Report,
 ) -> Result<(), Error> {
     let name = plan.claim.as_str();
+    let keep = plan.keep.as_ref().zip(copying);
+    if let Some((record, copying)) = keep {
+        report.pending(format!("keep PV {} (Retain)", record.volume));
+        if keep::protect(cluster, record, mode).await? {
+            mode.record(
+                report,
+                Kind::VolumeRetained,
+                Some(&record.volume),
+                format!(
+                    "PV {} switched to Retain ({} before), the migration recorded on it",
+                    record.volume, record.reclaim_policy
+                ),
+            );
+        }
+        if mode == Mode::Preflight {
+            keep::preflight(cluster, record, copying.settings).await?;
+        }
+    }
     let marked = plan.volume.plan().filter(|v| v.marked());
     let mut mark_put = false;
     if let Some(volume) = marked {
@@ -114,7 +141,22 @@ pub async fn execute(
         claim::await_gone(cluster, plan).await?;
         report.done(Kind::ClaimGone, Some(name), "claim gone");
     }
-    if let Some(volume) = plan.volume.plan() {
+    if let Some((record, copying)) = keep {
+        match mode {
+            Mode::Commit => {
+                keep::carry_over(cluster, record, copying.settings, copying.deadline, report)
+                    .await?;
+            }
+            Mode::Preflight => report.would(
+                Kind::DataCopied,
+                Some(&record.job_name()),
+                format!(
+                    "copy the data to a new volume of class {:?}, then make the claim again bound to it",
+                    record.to
+                ),
+            ),
+        }
+    } else if let Some(volume) = plan.volume.plan() {
         report.pending(format!("PV {}", volume.name));
         volume::finish(cluster, name, volume, mode, report).await?;
     }

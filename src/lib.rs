@@ -16,6 +16,7 @@ pub mod decision;
 pub mod error;
 pub mod eviction;
 pub mod execute;
+pub mod keep;
 pub mod migrate;
 pub mod run;
 pub mod summary;

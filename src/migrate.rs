@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
 use tokio::sync::{OnceCell, watch};
 use tokio::time::{Instant, sleep_until};
@@ -13,13 +14,14 @@ use tracing::{info, warn};
 
 use crate::api::Cluster;
 use crate::class::Target;
-use crate::config::{InUsePolicy, Policies};
+use crate::config::{CopySettings, InUsePolicy, Policies};
 use crate::decision::{
     self, BudgetUse, Facts, Leftover, Nothing, Plan, Refusal, Triage, VolumeStep,
 };
 use crate::error::{Error, ExitStatus, Request, Stop};
 use crate::eviction;
-use crate::execute::{self, Mode};
+use crate::execute::{self, Copying, Mode};
+use crate::keep::{self, Record};
 use crate::summary::{Kind, Outcome, Report, Result as Ending};
 
 /// When a run must stop: its deadline, or a signal.
@@ -58,10 +60,14 @@ pub struct Context {
     /// Every claim of the run, for the one pod list.
     pub claims: Vec<String>,
     pub stop: Stopper,
-    target_exists: OnceCell<bool>,
+    /// Some with `--data copy`.
+    pub copy: Option<CopySettings>,
+    target_class: OnceCell<Option<StorageClass>>,
     pods: OnceCell<Vec<Pod>>,
     budgets: OnceCell<Vec<PodDisruptionBudget>>,
     marked: OnceCell<Vec<PersistentVolume>>,
+    /// Volumes carrying the record of a copy (`--data copy` runs only).
+    records: OnceCell<Vec<PersistentVolume>>,
     /// Budget disruptions that the plans of the run's claims use, so that claims whose pods
     /// share a budget are judged together.
     budget_use: Mutex<BudgetUse>,
@@ -74,6 +80,7 @@ impl Context {
         policies: Policies,
         dry_run: bool,
         stop: Stopper,
+        copy: Option<CopySettings>,
     ) -> Self {
         Self {
             cluster,
@@ -82,29 +89,70 @@ impl Context {
             dry_run,
             claims: Vec::new(),
             stop,
-            target_exists: OnceCell::new(),
+            copy,
+            target_class: OnceCell::new(),
             pods: OnceCell::new(),
             budgets: OnceCell::new(),
             marked: OnceCell::new(),
+            records: OnceCell::new(),
             budget_use: Mutex::new(BudgetUse::new()),
         }
     }
 
     async fn target_exists(&self, target: &Target) -> Result<bool, Error> {
+        match target {
+            Target::Class(_) => Ok(self.target_class(target).await?.is_some()),
+            Target::NoClass => Ok(true),
+        }
+    }
+
+    /// The desired StorageClass, read once per run; None when it does not exist.
+    async fn target_class(&self, target: &Target) -> Result<Option<&StorageClass>, Error> {
         let Target::Class(name) = target else {
-            return Ok(true);
+            return Ok(None);
         };
-        self.target_exists
+        self.target_class
             .get_or_try_init(|| async {
                 let request = Request::new("get", "storageclasses").name(name);
-                let class = self
-                    .cluster
+                self.cluster
                     .fetch(request, || self.cluster.classes.get_opt(name))
-                    .await?;
-                Ok(class.is_some())
+                    .await
             })
             .await
-            .copied()
+            .map(Option::as_ref)
+    }
+
+    /// How the copy runs, with `--data copy`.
+    pub fn copying(&self) -> Option<Copying<'_>> {
+        self.copy.as_ref().map(|settings| Copying {
+            settings,
+            deadline: self.stop.deadline,
+        })
+    }
+
+    /// Copies that an interrupted run left unfinished, for a claim of this namespace (any, or
+    /// `claim`): one list of volumes per run, and only in `--data copy` runs.
+    pub async fn records(&self, claim: Option<&str>) -> Result<Vec<Record>, Error> {
+        if self.copy.is_none() {
+            return Ok(Vec::new());
+        }
+        let volumes = self
+            .records
+            .get_or_try_init(|| async {
+                let request = Request::new("list", "persistentvolumes");
+                self.cluster
+                    .list(&self.cluster.volumes, request, None, |pv| {
+                        keep::plan::pending_record(pv).is_some()
+                    })
+                    .await
+            })
+            .await?;
+        Ok(volumes
+            .iter()
+            .filter_map(keep::plan::pending_record)
+            .filter(|r| r.namespace == self.cluster.namespace)
+            .filter(|r| claim.is_none_or(|c| r.claim == c))
+            .collect())
     }
 
     /// The pods that name a claim of the run: one list per run.
@@ -180,6 +228,8 @@ pub enum Prepared {
     Plan(Box<Plan>, String),
     /// Ready to finish volumes that an interrupted run marked.
     Leftovers(Vec<Leftover>, String),
+    /// Ready to carry on with a copy that an interrupted run left.
+    Carry(Box<Record>, String),
 }
 
 /// One claim of a run, from its first read to its summary.
@@ -205,7 +255,10 @@ impl Claim {
 
     /// Whether a commit is due.
     fn due(&self) -> bool {
-        matches!(self.state, Ok(Prepared::Plan(..) | Prepared::Leftovers(..)))
+        matches!(
+            self.state,
+            Ok(Prepared::Plan(..) | Prepared::Leftovers(..) | Prepared::Carry(..))
+        )
     }
 
     /// Held back because another claim of the run could not go through: nothing changed.
@@ -228,7 +281,7 @@ impl Claim {
             Ok(Prepared::Ended(ending, detail)) => {
                 report.finish(key.clone(), ExitStatus::Ok, ending, Some(detail), None)
             }
-            Ok(Prepared::Plan(..) | Prepared::Leftovers(..)) => {
+            Ok(Prepared::Plan(..) | Prepared::Leftovers(..) | Prepared::Carry(..)) => {
                 unreachable!("a claim is summed up once committed or held back")
             }
             Err(error) => {
@@ -268,8 +321,24 @@ pub async fn commit(ctx: &Context, claim: &mut Claim) {
     let work = async {
         match state? {
             Prepared::Plan(plan, detail) => {
-                execute::execute(cluster, &plan, ctx.policies, Mode::Commit, report).await?;
+                execute::execute(
+                    cluster,
+                    &plan,
+                    ctx.policies,
+                    ctx.copying(),
+                    Mode::Commit,
+                    report,
+                )
+                .await?;
                 Ok(Prepared::Ended(Ending::Migrated, detail))
+            }
+            Prepared::Carry(record, detail) => {
+                let copying = ctx
+                    .copying()
+                    .expect("a copy is carried on in copy runs only");
+                keep::carry_over(cluster, &record, copying.settings, copying.deadline, report)
+                    .await?;
+                Ok(Prepared::Ended(Ending::Finished, detail))
             }
             Prepared::Leftovers(leftovers, detail) => {
                 execute::finish_leftovers(cluster, &leftovers, Mode::Commit, report).await?;
@@ -356,7 +425,15 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
             target_exists,
             class_change,
         };
-        let plan = decision::plan(facts, ctx.policies).map_err(Error::Refused)?;
+        let mut plan = decision::plan(facts, ctx.policies).map_err(Error::Refused)?;
+        if let (Some(_), Some(target), Some(volume)) = (&ctx.copy, target, volume.as_ref())
+            && class_change
+        {
+            let class = ctx.target_class.get().and_then(Option::as_ref);
+            let record =
+                keep::plan::record(&claim, volume, target, class).map_err(Error::Refused)?;
+            plan.keep = Some(record);
+        }
         for (budget, used) in &plan.budget_use {
             *reserved.entry(budget.clone()).or_default() += used;
         }
@@ -370,9 +447,24 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
         Some(target) if class_change => target.to_string(),
         _ => "the claim being deleted waited out".to_owned(),
     };
+    if ctx.copy.is_some() && plan.keep.is_none() && class_change {
+        report.found(
+            Kind::Unbound,
+            None,
+            "no volume: nothing to copy, the claim is replaced",
+        );
+    }
     if ctx.dry_run {
         check_waits(ctx, &plan).await?;
-        execute::execute(cluster, &plan, ctx.policies, Mode::Preflight, report).await?;
+        execute::execute(
+            cluster,
+            &plan,
+            ctx.policies,
+            ctx.copying(),
+            Mode::Preflight,
+            report,
+        )
+        .await?;
         return Ok(Prepared::Ended(Ending::DryRun, detail));
     }
     preflight(ctx, &plan).await?;
@@ -388,6 +480,7 @@ async fn preflight(ctx: &Context, plan: &Plan) -> Result<(), Error> {
         &ctx.cluster,
         plan,
         ctx.policies,
+        ctx.copying(),
         Mode::Preflight,
         &mut scratch,
     )
@@ -423,6 +516,26 @@ async fn leftovers(
     reason: Nothing,
     report: &mut Report,
 ) -> Result<Prepared, Error> {
+    let record = ctx
+        .records(Some(name))
+        .await?
+        .into_iter()
+        .find(|r| current_uid.as_deref() != Some(r.uid.as_str()));
+    if let Some(record) = record {
+        report.found(
+            Kind::CopyRecord,
+            Some(&record.volume),
+            format!(
+                "PV {} holds a copy to class {:?} that an interrupted run left",
+                record.volume, record.to
+            ),
+        );
+        let detail = format!("class {:?} with the data", record.to);
+        if ctx.dry_run {
+            return Ok(Prepared::Ended(Ending::DryRun, detail));
+        }
+        return Ok(Prepared::Carry(Box::new(record), detail));
+    }
     let leftovers: Vec<Leftover> = ctx
         .leftovers(Some(name))
         .await?

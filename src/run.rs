@@ -37,6 +37,7 @@ pub async fn run(
         config.policies,
         config.dry_run,
         stop.clone(),
+        config.copy.clone(),
     );
     let names = tokio::select! {
         names = claim_names(&ctx, config) => names?,
@@ -100,9 +101,11 @@ async fn claim_names(ctx: &Context, config: &Config) -> Result<Vec<String>, Erro
             names.push(name);
         }
     }
-    for leftover in ctx.leftovers(None).await? {
-        if !names.contains(&leftover.claim) {
-            names.push(leftover.claim);
+    let leftovers = ctx.leftovers(None).await?.into_iter().map(|l| l.claim);
+    let copies = ctx.records(None).await?.into_iter().map(|r| r.claim);
+    for claim in leftovers.chain(copies) {
+        if !names.contains(&claim) {
+            names.push(claim);
         }
     }
     Ok(names)

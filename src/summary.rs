@@ -39,6 +39,8 @@ pub enum Kind {
     ClaimAbsent,
     /// A volume that an interrupted run marked; name: the volume.
     MarkedVolume,
+    /// The record of a copy that an interrupted run left on the old volume; name: the volume.
+    CopyRecord,
     // done, would, left
     /// The delete-after-claim mark was put on the volume (left: could not be taken off after a
     /// failure); name: the volume.
@@ -65,6 +67,20 @@ pub enum Kind {
     VolumeReclaimPending,
     /// The volume's reclaim failed; name: the volume.
     VolumeReclaimFailed,
+    /// `--data copy`: the old volume switched to Retain, the migration recorded on it; name: the
+    /// volume.
+    VolumeRetained,
+    /// A temporary claim of the copy was created; name: the claim.
+    CopyClaimCreated,
+    /// The data was copied (the text is the copy's summary); name: the copy Job.
+    DataCopied,
+    /// The claim was made again on the new class, bound to the copy; name: the claim.
+    ClaimRecreated,
+    /// The copy Job or a temporary claim was removed; name: the object.
+    CopyRemoved,
+    /// The old volume got its original reclaim policy back (`--delete-old-volume`); name: the
+    /// volume.
+    VolumeReclaimRestored,
     /// A step of the plan that was not reached; no name.
     NotReached,
 }
