@@ -4,23 +4,18 @@
 //! no longer matches. Most cases need root (to chown to other users); without it they say so and
 //! pass without checking.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, XattrFlags};
+use testkit::files::{assert_same_tree, chmod, chown, every_kind, is_root, set_times, walk};
 
 const BIN: &str = env!("CARGO_BIN_EXE_storageclass-migrate");
 const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
 
 macro_rules! require_root {
     () => {
@@ -55,214 +50,6 @@ fn text(output: &Output) -> (String, String) {
 fn json_summary(output: &Output) -> serde_json::Value {
     let (stdout, stderr) = text(output);
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
-}
-
-fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) {
-    let spec = |(tv_sec, tv_nsec)| Timespec { tv_sec, tv_nsec };
-    rustix::fs::utimensat(
-        CWD,
-        path,
-        &Timestamps {
-            last_access: spec(atime),
-            last_modification: spec(mtime),
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-}
-
-fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Whether this filesystem takes user.* extended attributes.
-fn user_xattrs(dir: &Path) -> bool {
-    let probe = dir.join("xattr-probe");
-    fs::write(&probe, b"").unwrap();
-    let ok = rustix::fs::setxattr(&probe, "user.probe", b"1", XattrFlags::empty()).is_ok();
-    fs::remove_file(probe).unwrap();
-    ok
-}
-
-/// A tree with every kind of entry the copy knows. Returns whether it has xattrs.
-fn every_kind(src: &Path) -> bool {
-    fs::create_dir_all(src.join("docs/deep/er")).unwrap();
-    fs::create_dir(src.join("empty")).unwrap();
-    fs::create_dir(src.join("shared")).unwrap();
-    fs::create_dir(src.join("private")).unwrap();
-    fs::write(src.join("docs/readme.txt"), b"hello\n").unwrap();
-    fs::write(src.join("docs/deep/er/data.bin"), vec![42u8; 300_000]).unwrap();
-    fs::write(src.join("private/secret"), b"s3cret").unwrap();
-    fs::write(src.join("empty-file"), b"").unwrap();
-    // Owners other than root, setuid, setgid and sticky.
-    fs::write(src.join("tool"), b"#!/bin/true\n").unwrap();
-    chown(&src.join("tool"), 1000, 1000);
-    chmod(&src.join("tool"), 0o4755);
-    chown(&src.join("docs"), 1234, 5678);
-    chown(&src.join("docs/readme.txt"), 1234, 5678);
-    chmod(&src.join("docs/readme.txt"), 0o640);
-    chown(&src.join("private"), 999, 999);
-    chmod(&src.join("private"), 0o700);
-    chown(&src.join("private/secret"), 999, 999);
-    chmod(&src.join("private/secret"), 0o400);
-    chmod(&src.join("shared"), 0o3777);
-    // A sparse file: 64 MiB, three small data regions.
-    let sparse = File::create(src.join("sparse.img")).unwrap();
-    sparse.set_len(64 << 20).unwrap();
-    for at in [0u64, 20 << 20, (64 << 20) - 4096] {
-        std::os::unix::fs::FileExt::write_all_at(&sparse, &[1u8; 4096], at).unwrap();
-    }
-    drop(sparse);
-    // Symlinks: relative, absolute and dangling, a loop, one to itself; owned by another user.
-    symlink("docs/readme.txt", src.join("link-to-readme")).unwrap();
-    symlink("/nonexistent/target", src.join("dangling")).unwrap();
-    symlink("loop-b", src.join("loop-a")).unwrap();
-    symlink("loop-a", src.join("loop-b")).unwrap();
-    symlink("self", src.join("self")).unwrap();
-    symlink("..", src.join("docs/deep/up")).unwrap();
-    chown(&src.join("link-to-readme"), 1000, 1000);
-    // Hard links: three names of one inode, one in another directory.
-    fs::write(src.join("docs/linked"), b"one inode, three names").unwrap();
-    fs::hard_link(src.join("docs/linked"), src.join("docs/linked-2")).unwrap();
-    fs::hard_link(src.join("docs/linked"), src.join("docs/deep/linked-3")).unwrap();
-    // A FIFO and a socket: skipped with a warning each.
-    rustix::fs::mknodat(
-        CWD,
-        src.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-        0,
-    )
-    .unwrap();
-    let socket = std::os::unix::net::UnixListener::bind(src.join("socket")).unwrap();
-    drop(socket);
-    // Extended attributes, where the filesystem has them.
-    let xattrs = user_xattrs(src);
-    if xattrs {
-        rustix::fs::setxattr(
-            src.join("docs/readme.txt"),
-            "user.origin",
-            b"class-a",
-            XattrFlags::empty(),
-        )
-        .unwrap();
-        rustix::fs::setxattr(src.join("docs"), "user.dir", b"yes", XattrFlags::empty()).unwrap();
-    }
-    // Times in the past, with nanoseconds, on files, directories and symlinks; last, so that
-    // nothing above changes them.
-    let mut n = 0;
-    for entry in walk(src) {
-        n += 1;
-        set_times(
-            &entry,
-            (1_500_000_000 + n, 123_456_789),
-            (1_400_000_000 + n * 1000, 987_654_321),
-        );
-    }
-    set_times(src, (1_500_000_000, 1), (1_400_000_000, 2));
-    xattrs
-}
-
-/// Every path under `root`, parents before children.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            if fs::symlink_metadata(&path).unwrap().is_dir() {
-                stack.push(path.clone());
-            }
-            out.push(path);
-        }
-    }
-    // Deepest first for the times: a child's times never change its parent's mtime, but
-    // setting them in this order is what a person would do too.
-    out.reverse();
-    out
-}
-
-/// Compares the copy with the source entry by entry; returns the number of entries compared.
-/// Reading the files to compare them updates their access times: only a first comparison
-/// (`atimes`) can compare those.
-fn assert_same_tree(src: &Path, dst: &Path, xattrs: bool, atimes: bool) -> usize {
-    let mut inodes: HashMap<u64, u64> = HashMap::new();
-    let mut compared = 0;
-    for path in walk(src).into_iter().chain([src.to_owned()]) {
-        let relative = path.strip_prefix(src).unwrap();
-        let copy = dst.join(relative);
-        let a = fs::symlink_metadata(&path).unwrap();
-        let ft = a.file_type();
-        if !(ft.is_file() || ft.is_dir() || ft.is_symlink()) {
-            assert!(
-                fs::symlink_metadata(&copy).is_err(),
-                "{relative:?}: a special file was copied"
-            );
-            continue;
-        }
-        let b = fs::symlink_metadata(&copy).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
-        compared += 1;
-        assert_eq!(a.file_type(), b.file_type(), "{relative:?}: kind");
-        assert_eq!(
-            (a.uid(), a.gid()),
-            (b.uid(), b.gid()),
-            "{relative:?}: owner"
-        );
-        assert_eq!(
-            (a.mtime(), a.mtime_nsec()),
-            (b.mtime(), b.mtime_nsec()),
-            "{relative:?}: mtime"
-        );
-        if ft.is_symlink() {
-            assert_eq!(fs::read_link(&path).unwrap(), fs::read_link(&copy).unwrap());
-            continue;
-        }
-        assert_eq!(a.mode(), b.mode(), "{relative:?}: mode");
-        if ft.is_file() && atimes {
-            assert_eq!(
-                (a.atime(), a.atime_nsec()),
-                (b.atime(), b.atime_nsec()),
-                "{relative:?}: atime"
-            );
-        }
-        if ft.is_file() {
-            assert_eq!(a.len(), b.len(), "{relative:?}: size");
-            assert!(
-                fs::read(&path).unwrap() == fs::read(&copy).unwrap(),
-                "{relative:?}: contents"
-            );
-            assert!(
-                b.blocks() <= a.blocks() + 8,
-                "{relative:?}: {} blocks in the copy, {} in the source",
-                b.blocks(),
-                a.blocks()
-            );
-            assert_eq!(a.nlink(), b.nlink(), "{relative:?}: links");
-            if let Some(ino) = inodes.insert(a.ino(), b.ino()) {
-                assert_eq!(
-                    ino,
-                    b.ino(),
-                    "{relative:?}: not the same inode as its other names"
-                );
-            }
-        }
-        if xattrs {
-            assert_eq!(
-                storageclass_migrate::copy::entry::list_xattrs(&path).unwrap(),
-                storageclass_migrate::copy::entry::list_xattrs(&copy).unwrap(),
-                "{relative:?}: xattrs"
-            );
-        }
-    }
-    compared
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! | [`kubelet`] | the stand-in kubelet that finishes deleted and evicted pods |
 //! | [`hook_runner`] | runs hook Jobs' pods (in the image, or on the host) in place of a kubelet |
 //! | [`fault_proxy`] | an HTTP proxy to the apiserver that injects faults |
+//! | [`files`] | a tree with every kind of entry, and the comparison of two trees |
 //! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |
 //! | [`helm`] | helm and the charts, prepared once per test process |
 //! | [`release`] | a release of examples/app with its hook Jobs run: the end-to-end scene |
@@ -48,6 +49,7 @@ pub mod binary;
 pub mod cluster;
 pub mod control_plane;
 pub mod fault_proxy;
+pub mod files;
 pub mod helm;
 pub mod hold;
 pub mod hook_runner;
