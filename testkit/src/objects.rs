@@ -16,6 +16,7 @@
 //! `Delete` volume) then fails instead of deleting files.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
@@ -136,6 +137,7 @@ pub struct Volume {
     annotations: BTreeMap<String, String>,
     access_mode: String,
     reclaimable: bool,
+    path: Option<PathBuf>,
 }
 
 impl Volume {
@@ -150,7 +152,15 @@ impl Volume {
             annotations: BTreeMap::new(),
             access_mode: "ReadWriteOnce".into(),
             reclaimable: false,
+            path: None,
         }
+    }
+
+    /// Points at a real directory (made by [`crate::files::volume_dir`]) whose data a test
+    /// checks; never below `/tmp/`, where the hostPath deleter would remove it.
+    pub fn at(mut self, dir: &Path) -> Volume {
+        self.path = Some(dir.to_owned());
+        self
     }
 
     /// Points below [`RECLAIMABLE_ROOT`]: once its policy is `Delete` and it is released, the
@@ -205,13 +215,15 @@ impl Volume {
 
     pub fn build(&self, ns: &TestNamespace) -> PersistentVolume {
         let name = ns.scoped(&self.suffix);
-        let path = if self.reclaimable {
+        let path = if let Some(dir) = &self.path {
+            dir.display().to_string()
+        } else if self.reclaimable {
             format!("{RECLAIMABLE_ROOT}/{name}")
         } else {
             format!("{HOST_PATH_ROOT}/{name}")
         };
         assert!(
-            self.reclaimable || !path.contains("/tmp/"),
+            self.reclaimable || !path.starts_with("/tmp/"),
             "unsafe hostPath {path}"
         );
         from_json(json!({

@@ -1,0 +1,385 @@
+//! `--data copy` on the local control plane: the claim moves to class B with its data. The old
+//! volume is a real directory holding every kind of entry; class B's volumes come from the
+//! controller manager's host-path provisioner; the copy Job's pod runs in the image (or the
+//! binary on the host) with both claims mounted, by the hook runner. The data is checked on the
+//! files: contents, owners, modes, times, links, sparse regions.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job as BatchJob;
+use testkit::fault_proxy::{Fault, Gate, Match, Which};
+use testkit::files::{assert_same_tree, every_kind, is_root, volume_dir};
+use testkit::hook_runner::{HookRunner, RunnerOpts};
+use testkit::prelude::*;
+use testkit::release::{IMAGE_REPOSITORY, image_tag};
+use testkit::rows::check_rows;
+
+/// The provisioner of kube-controller-manager's host-path provisioning (`/tmp/hostpath_pv/...`).
+const HOST_PATH: &str = "kubernetes.io/host-path";
+const RECORD: &str = "storageclass-migrate/copy";
+const MIGRATED_FROM: &str = "storageclass-migrate/migrated-from";
+
+fn image() -> String {
+    format!("{IMAGE_REPOSITORY}:{}", image_tag())
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: this test needs root (the tree has owners other than root)");
+            return;
+        }
+    };
+}
+
+/// Claim `data` on class A (Helm's labels and annotations) bound to a Delete volume whose
+/// directory holds every kind of entry; class B provisions host-path volumes; a hook runner
+/// runs the namespace's Job pods.
+struct Scene {
+    c: Cluster,
+    claim: PersistentVolumeClaim,
+    pv: PersistentVolume,
+    data: PathBuf,
+    xattrs: bool,
+    account: ServiceAccountAccess,
+    _runner: HookRunner,
+}
+
+impl Scene {
+    async fn new(prefix: &str) -> Scene {
+        Self::with(prefix, Class::new("b").provisioner(HOST_PATH)).await
+    }
+
+    async fn with(prefix: &str, b: Class) -> Scene {
+        let c = Cluster::with_classes(prefix, Class::new("a"), b).await;
+        let data = volume_dir(&c.scoped("old"));
+        let xattrs = every_kind(&data);
+        let claim = c
+            .claim("data")
+            .label("app.kubernetes.io/managed-by", "Helm")
+            .of_release("rel", c.name());
+        let volume = c.volume_for("data").reclaim("Delete").at(&data);
+        let (claim, pv) = c.bound_with(claim, volume).await;
+        let account = Account::new("hook")
+            .chart(
+                &["data"],
+                c.name(),
+                &["always", "inUseEvict", "dataCopy"],
+                None,
+            )
+            .create(&c)
+            .await;
+        let runner = HookRunner::start(c.name(), RunnerOpts::default());
+        Scene {
+            c,
+            claim,
+            pv,
+            data,
+            xattrs,
+            account,
+            _runner: runner,
+        }
+    }
+
+    /// The migration to class B with the data, as the chart's account.
+    fn job(&self, extra: &[(&str, &str)]) -> Job {
+        self.c
+            .migration(
+                "data",
+                &[
+                    ("DATA_POLICY", "copy"),
+                    ("COPY_IMAGE", &image()),
+                    ("WAIT_TIMEOUT", "60s"),
+                    ("DEADLINE", "4m"),
+                ],
+            )
+            .with(extra)
+            .kubeconfig(&self.account.kubeconfig)
+    }
+
+    async fn migrate(&self, extra: &[(&str, &str)]) -> Run {
+        self.job(extra).run_within(Duration::from_secs(300)).await
+    }
+
+    /// The end state of a migration that kept the data: `data` on class B, bound to a new
+    /// volume whose directory is the same tree; the old volume kept, Retain; nothing temporary
+    /// left. Returns the new volume.
+    async fn assert_moved(&self) -> PersistentVolume {
+        let c = &self.c;
+        let claim = wait_bound(c.client(), c.name(), "data").await;
+        assert_ne!(
+            claim.uid(),
+            self.claim.uid(),
+            "the claim was not made again"
+        );
+        assert_eq!(claim_class(&claim), Some(c.b.as_str()));
+        assert_eq!(
+            claim.annotations().get(MIGRATED_FROM),
+            self.claim.uid().as_ref()
+        );
+        for key in [
+            "meta.helm.sh/release-name",
+            "meta.helm.sh/release-namespace",
+        ] {
+            assert_eq!(
+                claim.annotations().get(key),
+                self.claim.annotations().get(key),
+                "{key}"
+            );
+        }
+        assert_eq!(claim.labels(), self.claim.labels());
+        let new = get(&c.pvs(), volume_name(&claim).expect("bound")).await;
+        assert_ne!(new.uid(), self.pv.uid());
+        assert_eq!(reclaim_policy(&new), "Delete", "the class's policy, back");
+        assert!(
+            !new.annotations()
+                .keys()
+                .any(|k| k.starts_with("storageclass-migrate/"))
+        );
+        let compared = assert_same_tree(&self.data, &host_path(&new), self.xattrs, false);
+        assert!(compared > 20, "only {compared} entries compared");
+
+        let old = get(&c.pvs(), &self.pv.name_any()).await;
+        assert_eq!(old.uid(), self.pv.uid(), "the old volume was replaced");
+        assert_eq!(reclaim_policy(&old), "Retain");
+        assert!(old.annotations().contains_key(RECORD));
+        assert!(
+            self.data.join("docs/readme.txt").exists(),
+            "the old data is gone"
+        );
+        for temporary in ["data-migrate-source", "data-migrate-target"] {
+            assert!(
+                read(&c.claims(), temporary).await.is_none(),
+                "{temporary} left"
+            );
+        }
+        let jobs: Api<BatchJob> = Api::namespaced(c.client().clone(), c.name());
+        assert!(
+            read(&jobs, "data-migrate-copy").await.is_none(),
+            "the copy Job left"
+        );
+        new
+    }
+}
+
+fn reclaim_policy(pv: &PersistentVolume) -> &str {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        .unwrap_or_default()
+}
+
+fn host_path(pv: &PersistentVolume) -> PathBuf {
+    let path = pv.spec.as_ref().and_then(|s| s.host_path.as_ref());
+    Path::new(&path.expect("a hostPath volume").path).to_owned()
+}
+
+#[tokio::test]
+async fn the_claim_moves_to_class_b_with_its_data() {
+    require_root!();
+    let s = Scene::new("keep").await;
+    let run = s.migrate(&[]).await;
+    let o = run.expect_result(0, "migrated");
+    for kind in [
+        "volume-retained",
+        "claim-deleted",
+        "claim-gone",
+        "copy-claim-created",
+        "data-copied",
+        "claim-recreated",
+        "copy-removed",
+    ] {
+        assert!(o.has_done(kind), "{kind} not done\n{run}");
+    }
+    let copied = &o
+        .done
+        .iter()
+        .find(|i| i.kind == "data-copied")
+        .unwrap()
+        .text;
+    assert!(copied.contains("copied"), "{copied}");
+    assert_eq!(o.left_names("volume-kept"), [s.pv.name_any().as_str()]);
+    s.assert_moved().await;
+
+    // A second run on a finished migration changes nothing.
+    let again = s.migrate(&[]).await;
+    again.expect_result(0, "nothing-to-do");
+}
+
+#[tokio::test]
+async fn with_delete_old_volume_the_old_volume_goes_to_its_provisioner() {
+    require_root!();
+    let s = Scene::new("keep-delete-old").await;
+    let run = s.migrate(&[("DELETE_OLD_VOLUME", "true")]).await;
+    let o = run.expect_result(0, "migrated");
+    assert!(o.has_done("volume-reclaim-restored"), "{run}");
+    assert!(!o.has_left("volume-kept"), "{run}");
+    let claim = wait_bound(s.c.client(), s.c.name(), "data").await;
+    let new = get(&s.c.pvs(), volume_name(&claim).unwrap()).await;
+    assert_same_tree(&s.data, &host_path(&new), s.xattrs, false);
+    // Delete, released: the binder hands it to the deleter, which refuses a path outside /tmp
+    // and marks it Failed; the policy is what matters.
+    let old = get(&s.c.pvs(), &s.pv.name_any()).await;
+    assert_eq!(reclaim_policy(&old), "Delete");
+}
+
+#[tokio::test]
+async fn a_class_that_provisions_nothing_is_refused_before_anything_changes() {
+    let s = Scene::with("keep-no-provisioner", Class::new("b")).await;
+    let run = s.migrate(&[]).await;
+    run.expect_error(3, "refused", &["cannot keep the data", "no provisioner"]);
+    s.c.assert_untouched(&s.claim, &s.pv).await;
+}
+
+#[tokio::test]
+async fn without_the_copy_rules_the_run_is_denied_before_anything_changes() {
+    let s = Scene::new("keep-no-rules").await;
+    let account = Account::new("plain")
+        .chart(&["data"], s.c.name(), &["always", "inUseEvict"], None)
+        .create(&s.c)
+        .await;
+    let run = s.job(&[]).kubeconfig(&account.kubeconfig).run().await;
+    run.expect_status(4);
+    s.c.assert_untouched(&s.claim, &s.pv).await;
+}
+
+#[tokio::test]
+async fn restricted_pod_security_refuses_a_root_copy_and_takes_a_user_copy() {
+    let s = Scene::new("keep-restricted").await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(s.c.client().clone());
+    let label = serde_json::json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted"
+    }}});
+    namespaces
+        .patch(
+            s.c.name(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&label),
+        )
+        .await
+        .expect("label the namespace");
+    let run = s.migrate(&[]).await;
+    run.expect_error(3, "refused", &["PodSecurity", "COPY_AS_USER"]);
+    s.c.assert_untouched(&s.claim, &s.pv).await;
+
+    let dry = s
+        .migrate(&[("COPY_AS_USER", "1000"), ("DRY_RUN", "true")])
+        .await;
+    let o = dry.expect_result(0, "dry-run");
+    assert!(o.has_would("data-copied"), "{dry}");
+    s.c.assert_untouched(&s.claim, &s.pv).await;
+}
+
+#[tokio::test]
+async fn bad_copy_settings_are_bad_input() {
+    let c = Cluster::new("keep-input").await;
+    let rows: &[(&[(&str, &str)], &str)] = &[
+        (&[("DATA_POLICY", "copy")], "COPY_IMAGE"),
+        (
+            &[
+                ("DATA_POLICY", "copy"),
+                ("COPY_IMAGE", "x"),
+                ("STRIP_ALL_FINALIZERS", "true"),
+            ],
+            "cannot be combined",
+        ),
+        (&[("COPY_IMAGE", "x")], "applies only with DATA_POLICY=copy"),
+        (&[("DATA_POLICY", "move")], "invalid value 'move'"),
+    ];
+    for (settings, fragment) in rows {
+        let run = c.migrate("data", settings).await;
+        run.expect_status(2);
+        assert!(run.output().contains(fragment), "{fragment:?}\n{run}");
+    }
+}
+
+/// Where a run is killed: the request the proxy holds (or whose answer it holds) when the
+/// binary gets SIGKILL.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// The switch of the old volume to Retain, before it reaches the apiserver.
+    Protect,
+    /// The claim's delete, after the apiserver acted.
+    ClaimDeleted,
+    /// The temporary claim that holds the old volume, created.
+    SourceCreated,
+    /// The copy Job, created: the copy runs on without the hook.
+    JobCreated,
+    /// The temporary claim on class B, being deleted after the copy.
+    TargetDeleted,
+    /// The claim, created again on class B.
+    ClaimCreated,
+    /// The copy Job's removal, after the apiserver acted.
+    JobRemoved,
+}
+
+#[test]
+fn killed_at_each_step_a_rerun_finishes_with_the_data() {
+    require_root!();
+    let rows = [
+        KillAt::Protect,
+        KillAt::ClaimDeleted,
+        KillAt::SourceCreated,
+        KillAt::JobCreated,
+        KillAt::TargetDeleted,
+        KillAt::ClaimCreated,
+        KillAt::JobRemoved,
+    ];
+    check_rows(
+        rows.to_vec(),
+        |at| format!("{at:?}"),
+        |at| async move {
+            let s = Scene::new("keep-kill").await;
+            let ns = s.c.name();
+            let claims = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims");
+            let jobs = format!("/apis/batch/v1/namespaces/{ns}/jobs");
+            let (matcher, which, hold_answer) = match at {
+                KillAt::Protect => (
+                    Match::write(
+                        "PATCH",
+                        &format!("/api/v1/persistentvolumes/{}", s.pv.name_any()),
+                    ),
+                    Which::Nth(1),
+                    false,
+                ),
+                // The first delete is the pre-flight's (its dryRun is in the body).
+                KillAt::ClaimDeleted => (
+                    Match::request("DELETE", &format!("{claims}/data")),
+                    Which::Nth(2),
+                    true,
+                ),
+                KillAt::SourceCreated => (Match::write("POST", &claims), Which::Nth(1), true),
+                KillAt::JobCreated => (Match::write("POST", &jobs), Which::Nth(1), true),
+                KillAt::TargetDeleted => (
+                    Match::request("DELETE", &format!("{claims}/data-migrate-target")),
+                    Which::Nth(1),
+                    false,
+                ),
+                KillAt::ClaimCreated => (Match::write("POST", &claims), Which::Nth(3), true),
+                KillAt::JobRemoved => (
+                    Match::request("DELETE", &format!("{jobs}/data-migrate-copy")),
+                    Which::Nth(1),
+                    true,
+                ),
+            };
+            let proxy = FaultProxy::to_apiserver(&s.account.token, ns);
+            let gate = Gate::new();
+            let fault = if hold_answer {
+                Fault::HoldAnswer(gate.clone())
+            } else {
+                Fault::Hold(gate.clone())
+            };
+            proxy.on(matcher, which, fault);
+            let binary = s.job(&[]).kubeconfig(proxy.kubeconfig()).spawn();
+            gate.arrived(Duration::from_secs(120)).await;
+            let killed = binary.kill();
+            gate.abandon();
+            assert_eq!(killed.code, None, "not killed\n{killed}");
+
+            let rerun = s.migrate(&[]).await;
+            rerun.expect_status(0);
+            s.assert_moved().await;
+        },
+    );
+}
