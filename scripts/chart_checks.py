@@ -106,25 +106,26 @@ def env_of(job):
     return {e["name"]: e.get("value") for e in container(job).get("env", [])}
 
 
-WHEN = ("always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers")
+WHEN = ("always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers", "dataCopy")
 
 
-def rule_on(when, in_use="evict", retained=False, strip=False):
+def rule_on(when, in_use="evict", retained=False, strip=False, data="delete"):
     """Whether a rule of rbac-rules.json applies to a setting; the templates' table, written again."""
     expect(when in WHEN, f"rbac-rules.json: unknown when {when!r}")
     return {"always": True,
             "inUseEvict": in_use == "evict",
             "patchClaims": in_use == "force" or strip,
             "writeVolumes": retained or strip,
-            "stripAllFinalizers": strip}[when]
+            "stripAllFinalizers": strip,
+            "dataCopy": data == "copy"}[when]
 
 
-def expected_rules(section, in_use="evict", retained=False, strip=False, claims=None, selector="",
-                   namespace="apps"):
+def expected_rules(section, in_use="evict", retained=False, strip=False, data="delete", claims=None,
+                   selector="", namespace="apps"):
     """The rules of rbac-rules.json for a setting, computed here independently of the templates."""
     rules = []
     for rule in RULES[section]:
-        if not rule_on(rule["when"], in_use, retained, strip):
+        if not rule_on(rule["when"], in_use, retained, strip, data):
             continue
         out = {k: rule[k] for k in ("apiGroups", "resources", "verbs")}
         if rule.get("limitToClaimNames") and claims and not selector:
@@ -136,10 +137,10 @@ def expected_rules(section, in_use="evict", retained=False, strip=False, claims=
 
 
 # What the binary sends, by setting (src/claim.rs, src/volume.rs, src/eviction.rs, src/migrate.rs,
-# src/run.rs), as (API group, resource) -> verbs; written from the binary, not from
-# rbac-rules.json. Every list also stands for the list that starts each watch (a watch of one
+# src/run.rs, src/keep/mod.rs), as (API group, resource) -> verbs; written from the binary, not
+# from rbac-rules.json. Every list also stands for the list that starts each watch (a watch of one
 # object by a metadata.name field selector lists it first), hence list with watch.
-def needed_verbs(in_use="evict", retained=False, strip=False):
+def needed_verbs(in_use="evict", retained=False, strip=False, data="delete"):
     need = {
         ("", "persistentvolumeclaims"): {"get", "list", "watch", "delete"},
         ("", "pods"): {"list"},
@@ -156,7 +157,47 @@ def needed_verbs(in_use="evict", retained=False, strip=False):
         need[("", "persistentvolumes")].add("patch")  # mark, reclaim policy, finalizers
     if strip:
         need[("", "persistentvolumes")].add("delete")
+    if data == "copy":
+        # src/keep/mod.rs: the temporary claims <claim>-migrate-source and -target are created,
+        # read, watched until bound or gone, and deleted; the claim is created again. The copy Job
+        # is created, read, watched until it finishes, and deleted. The copy pod is created as a
+        # server-side dry run (Pod Security admission judges pods, not Jobs). Volumes are patched:
+        # reclaim policy and record of the old and the new volume, claimRefs, annotations.
+        need[("", "persistentvolumeclaims")].add("create")
+        need[("batch", "jobs")] = {"create", "get", "list", "watch", "delete"}
+        need[("", "pods")].add("create")
+        need[("", "persistentvolumes")].add("patch")
     return need
+
+
+# What src/keep/mod.rs `preflight` asks with SelfSubjectAccessReviews before any change, with
+# data: copy, as (verb, API group, resource, name or None), for claim CLAIM: each must be allowed
+# by some rule (a rule with resourceNames allows only those names).
+def copy_preflight_asks(claim):
+    asks = []
+    for name in (f"{claim}-migrate-source", f"{claim}-migrate-target", claim):
+        asks += [(verb, "", "persistentvolumeclaims", name)
+                 for verb in ("get", "list", "watch", "delete")]
+        # The dry-run creates of the temporary claims (a create names no object to RBAC).
+        if name != claim:
+            asks.append(("create", "", "persistentvolumeclaims", None))
+    asks += [(verb, "batch", "jobs", f"{claim}-migrate-copy")
+             for verb in ("get", "list", "watch", "delete")]
+    asks += [("create", "batch", "jobs", None), ("create", "", "pods", None),
+             ("list", "", "pods", None)]
+    asks += [(verb, "", "persistentvolumes", None) for verb in ("get", "patch", "list", "watch")]
+    return asks
+
+
+def allowed(docs, verb, group, resource, name):
+    """Whether the Role or ClusterRole has a rule allowing the request, as RBAC decides it."""
+    for kind in ("Role", "ClusterRole"):
+        for rule in one(docs, kind)["rules"]:
+            if group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]:
+                names = rule.get("resourceNames")
+                if not names or (name is not None and name in names):
+                    return True
+    return False
 
 
 def check_needs(granted, need, what):
@@ -260,8 +301,8 @@ def check_job(job, service_account):
            f"resources need requests and a memory limit: {r}")
     e = env_of(job)
     for name in ("PVC_NAMESPACE", "RELEASE_NAME", "DESIRED_STORAGECLASS", "IN_USE_POLICY",
-                 "DELETE_RETAINED_PV", "STRIP_ALL_FINALIZERS", "DRY_RUN", "WAIT_TIMEOUT",
-                 "DEADLINE", "LOG_FORMAT"):
+                 "DELETE_RETAINED_PV", "STRIP_ALL_FINALIZERS", "DATA_POLICY", "DRY_RUN",
+                 "WAIT_TIMEOUT", "DEADLINE", "LOG_FORMAT"):
         expect(name in e, f"env {name} missing: {sorted(e)}")
         expect(isinstance(e[name], str), f"env {name} must be a string, is {e[name]!r}")
     expect("PVC_NAME" in e or "PVC_SELECTOR" in e, "env PVC_NAME or PVC_SELECTOR missing")
@@ -313,8 +354,8 @@ def defaults(h):
     expect_eq(env_of(job), {
         "PVC_NAME": "rel-data", "RELEASE_NAME": "rel", "PVC_NAMESPACE": "apps",
         "DESIRED_STORAGECLASS": "", "IN_USE_POLICY": "evict", "DELETE_RETAINED_PV": "false",
-        "STRIP_ALL_FINALIZERS": "false", "DRY_RUN": "false", "WAIT_TIMEOUT": "60s",
-        "DEADLINE": "225s", "LOG_FORMAT": "json"}, "env")
+        "STRIP_ALL_FINALIZERS": "false", "DATA_POLICY": "delete", "DRY_RUN": "false",
+        "WAIT_TIMEOUT": "60s", "DEADLINE": "225s", "LOG_FORMAT": "json"}, "env")
     expect_eq(job["spec"]["backoffLimit"], 2, "default backoffLimit")
     expect_eq(job["spec"]["activeDeadlineSeconds"], 240, "default activeDeadlineSeconds")
     weights = {d["kind"]: d["metadata"]["annotations"]["helm.sh/hook-weight"] for d in hook_docs(docs)}
@@ -332,6 +373,10 @@ def defaults(h):
     for rule in one(docs, "Role")["rules"]:
         if "persistentvolumeclaims" in rule["resources"]:
             expect("patch" not in rule["verbs"], f"default Role may patch claims: {rule}")
+    # No claims, Jobs or pods created by default: only data: copy makes them.
+    granted = granted_verbs(docs)
+    for key in (("", "persistentvolumeclaims"), ("batch", "jobs"), ("", "pods")):
+        expect("create" not in granted.get(key, set()), f"default grants create {key}")
     # Nothing may grant writes on volumes, or anything on secrets, by default.
     for rule in one(docs, "ClusterRole")["rules"]:
         if "persistentvolumes" in rule["resources"]:
@@ -380,6 +425,83 @@ def volume_writes_only_with_the_two_flags(h):
         expect_eq("delete" in verbs, strip,
                   f"PV delete with deleteRetainedPV={retained} stripAllFinalizers={strip} "
                   "(deleteRetainedPV lets the provisioner delete)")
+
+
+COPY_ENV = ("COPY_IMAGE", "COPY_AS_USER", "COPY_VERIFY", "DELETE_OLD_VOLUME")
+
+
+@check
+def data_copy_renders_its_env_and_rules(h):
+    # The defaults: data: delete, and none of the copy's variables (the binary rejects them).
+    e = env_of(one(h.template(EXAMPLE), "Job"))
+    expect_eq(e["DATA_POLICY"], "delete", "default DATA_POLICY")
+    expect_eq(sorted(set(COPY_ENV) & set(e)), [], "copy variables with data: delete")
+    # Even when the copy block is set: it applies only to data: copy.
+    e = env_of(one(h.template(EXAMPLE, ["--set", "storageclassMigrate.copy.asUser=1000",
+                                        "--set", "storageclassMigrate.copy.deleteOldVolume=true"]),
+                   "Job"))
+    expect_eq(sorted(set(COPY_ENV) & set(e)), [], "copy variables with data: delete and copy set")
+
+    docs = h.template(EXAMPLE, ["--set", "storageclassMigrate.data=copy"])
+    job = check_hook_structure(docs)
+    e = env_of(job)
+    expect_eq(e["DATA_POLICY"], "copy", "DATA_POLICY")
+    expect_eq(e["COPY_IMAGE"], container(job)["image"], "COPY_IMAGE: the hook's own image")
+    expect_eq((e["COPY_VERIFY"], e["DELETE_OLD_VOLUME"]), ("true", "false"), "copy defaults")
+    expect("COPY_AS_USER" not in e, "no COPY_AS_USER by default (root with four capabilities)")
+    check_rules(docs, data="copy", claims=["rel-data"])
+    check_needs(granted_verbs(docs), needed_verbs(data="copy"), "data: copy")
+    for verb, group, resource, name in copy_preflight_asks("rel-data"):
+        expect(allowed(docs, verb, group, resource, name),
+               f"data: copy: {verb} {group or 'core'}/{resource} {name or ''} not allowed; "
+               "the pre-flight asks for it")
+    # The hook's own pod stays as restricted as ever: the copy pod is the binary's.
+    expect_eq(container(job)["securityContext"]["capabilities"], {"drop": ["ALL"]},
+              "hook container capabilities")
+
+    digest = "sha256:" + "b" * 64
+    docs = h.template(EXAMPLE, [
+        "--set", "storageclassMigrate.data=copy",
+        "--set", "storageclassMigrate.image.repository=registry.example.com/tools/scm",
+        "--set", f"storageclassMigrate.image.digest={digest}",
+        "--set", "storageclassMigrate.copy.asUser=1000",
+        "--set", "storageclassMigrate.copy.verify=false",
+        "--set", "storageclassMigrate.copy.deleteOldVolume=true"])
+    job = one(docs, "Job")
+    e = env_of(job)
+    expect_eq(e["COPY_IMAGE"], f"registry.example.com/tools/scm:0.1.0@{digest}", "COPY_IMAGE")
+    expect_eq(e["COPY_IMAGE"], container(job)["image"], "COPY_IMAGE: the hook's own image")
+    expect_eq((e["COPY_AS_USER"], e["COPY_VERIFY"], e["DELETE_OLD_VOLUME"]),
+              ("1000", "false", "true"), "copy settings in env")
+    for name in COPY_ENV:
+        expect(isinstance(e[name], str), f"env {name} must be a string, is {e[name]!r}")
+
+    # A selector: the claim rules carry no names at all.
+    docs = render_calls(h, [{"selector": "app=db", "storageClass": "fast",
+                             "settings": {"data": "copy", "inUse": "fail"}}])
+    check_rules(docs, in_use="fail", data="copy", selector="app=db")
+
+
+@check
+def data_copy_refuses_to_drop_the_old_volume(h):
+    message = ("data: copy keeps the old volume until the claim is bound to the verified copy, "
+               "so it cannot be combined with {0}, which would delete that volume; set {1} false")
+    for flags, conflict, unset in ((["stripAllFinalizers"], "stripAllFinalizers", "stripAllFinalizers"),
+                                   (["deleteRetainedPV"], "deleteRetainedPV", "deleteRetainedPV"),
+                                   (["stripAllFinalizers", "deleteRetainedPV"],
+                                    "stripAllFinalizers or deleteRetainedPV",
+                                    "stripAllFinalizers and deleteRetainedPV")):
+        args = ["--set", "storageclassMigrate.data=copy"]
+        for flag in flags:
+            args += ["--set", f"storageclassMigrate.{flag}=true"]
+        err = h.template_error(EXAMPLE, args)
+        text = message.format(conflict, unset)
+        expect(text in err, f"{' '.join(args)}: wanted {text!r}, got {err.strip()!r}")
+        expect(len(err) < 1000, f"error too long to read: {err!r}")
+    # The same through a call's settings, which bypass the schema.
+    err = render_calls_error(h, [{"claim": "data", "settings": {"data": "copy",
+                                                                "stripAllFinalizers": True}}])
+    expect(message.format("stripAllFinalizers", "stripAllFinalizers") in err, f"via settings: {err}")
 
 
 @check
@@ -544,6 +666,17 @@ REJECTED = [
     (["--set", "storageclassMigrate.image.pullPolicy=Sometimes"], "at '/image/pullPolicy'"),
     (["--set", "storageclassMigrate.image.digest=latest"], "at '/image/digest'"),
     (["--set", "storageclassMigrate.runAsUser=0"], "at '/runAsUser'"),
+    (["--set", "storageclassMigrate.data=keep"],
+     "at '/data': value must be one of 'delete', 'copy'"),
+    (["--set", "storageclassMigrate.copy.asUser=0"], "at '/copy/asUser'"),
+    (["--set", "storageclassMigrate.copy.asUser=1.5"], "at '/copy/asUser'"),
+    (["--set-string", "storageclassMigrate.copy.verify=yes"],
+     "at '/copy/verify': got string, want boolean"),
+    (["--set", "storageclassMigrate.copy.deleteOldvolume=true"],
+     "additional properties 'deleteOldvolume' not allowed"),
+    (["--set", "storageclassMigrate.data=copy", "--set", "storageclassMigrate.stripAllFinalizers=true"],
+     "data: copy keeps the old volume until the claim is bound to the verified copy, so it cannot "
+     "be combined with stripAllFinalizers"),
     (["--set", "storageclassMigrate.timeout=2m"],
      "the run's deadline, activeDeadlineSeconds (240) minus 15s for the pod's start and the "
      "report, must exceed twice the timeout (2m: one wait for the claim, one for its volume); "
@@ -577,7 +710,10 @@ def bad_values_are_rejected_clearly(h):
 @check
 def lint_passes_with_value_sets(h):
     for args in ([], ["--set", "storageclassMigrate.inUse=fail"],
-                 ["--set", "storageclassMigrate.allowMigration=false"]):
+                 ["--set", "storageclassMigrate.allowMigration=false"],
+                 ["--set", "storageclassMigrate.data=copy"],
+                 ["--set", "storageclassMigrate.data=copy",
+                  "--set", "storageclassMigrate.copy.asUser=1000"]):
         result = h.run(["lint", "--strict", EXAMPLE] + args)
         expect(result.returncode == 0, f"helm lint --strict {args}: {result.stdout}{result.stderr}")
     result = h.run(["lint", "--strict", EXAMPLE, "--set", "storageclassMigrate.inUse=bogus"])
@@ -743,6 +879,15 @@ BAD_CALLS = [
     ({"claim": "data", "settings": {"timeout": "-5s"}}, "timeout must be a positive duration"),
     ({"claim": "data", "settings": {"timeout": -5}}, "timeout must be positive"),
     ({"claim": "data", "settings": {"dryRun": "true"}}, "dryRun must be true or false"),
+    ({"claim": "data", "settings": {"data": "keep"}}, "data must be delete or copy; got keep"),
+    ({"claim": "data", "settings": {"data": "copy", "deleteRetainedPV": True}},
+     "cannot be combined with deleteRetainedPV"),
+    ({"claim": "data", "settings": {"data": "copy", "copy": {"asUser": 0}}},
+     "copy.asUser must be a uid from 1 to 2147483647, or null"),
+    ({"claim": "data", "settings": {"data": "copy", "copy": {"asUser": "1000"}}},
+     "copy.asUser must be a uid"),
+    ({"claim": "data", "settings": {"data": "copy", "copy": {"verify": "yes"}}},
+     "copy.verify must be true or false"),
     ({"claim": "data", "settings": {"activeDeadlineSeconds": 100}},
      "activeDeadlineSeconds (100) minus 15s for the pod's start and the report, must exceed "
      "twice the timeout"),
@@ -758,41 +903,51 @@ def bad_calls_are_rejected_clearly(h):
         expect(text in err, f"{call}: wanted an error containing {text!r}, got {err.strip()!r}")
 
 
+# Every setting the templates render: data: copy excludes deleteRetainedPV and stripAllFinalizers.
+SETTINGS = [(in_use, retained, strip, data) for in_use in ("evict", "force", "fail")
+            for retained in (False, True) for strip in (False, True) for data in ("delete", "copy")
+            if data == "delete" or not (retained or strip)]
+
+
 @check
 def rules_match_json_for_every_setting(h):
     n = 0
-    for in_use in ("evict", "force", "fail"):
-        for retained in (False, True):
-            for strip in (False, True):
-                for call in ({"claims": ["data", "logs"]}, {"selector": "app=db"}):
-                    settings = {"inUse": in_use, "deleteRetainedPV": retained,
-                                "stripAllFinalizers": strip}
-                    docs = render_calls(h, [dict(call, settings=settings)], namespace="ns-x")
-                    check_rules(docs, in_use=in_use, retained=retained, strip=strip,
-                                claims=call.get("claims"), selector=call.get("selector", ""),
-                                namespace="ns-x")
-                    check_needs(granted_verbs(docs), needed_verbs(in_use, retained, strip),
-                                f"{settings}")
-                    n += 1
-    expect_eq(n, 24, "combinations")
+    for in_use, retained, strip, data in SETTINGS:
+        for call in ({"claims": ["data", "logs"]}, {"selector": "app=db"}):
+            settings = {"inUse": in_use, "deleteRetainedPV": retained,
+                        "stripAllFinalizers": strip, "data": data}
+            docs = render_calls(h, [dict(call, settings=settings)], namespace="ns-x")
+            check_rules(docs, in_use=in_use, retained=retained, strip=strip, data=data,
+                        claims=call.get("claims"), selector=call.get("selector", ""),
+                        namespace="ns-x")
+            check_needs(granted_verbs(docs), needed_verbs(in_use, retained, strip, data),
+                        f"{settings}")
+            if data == "copy":
+                for claim in call.get("claims", ["any"]):
+                    for verb, group, resource, name in copy_preflight_asks(claim):
+                        expect(allowed(docs, verb, group, resource, name),
+                               f"{settings}: {verb} {group or 'core'}/{resource} {name or ''} "
+                               "not allowed; the pre-flight asks for it")
+            n += 1
+    expect_eq(n, 30, "combinations (24 with data: delete, 6 with data: copy)")
 
 
 @check
 def settings_get_no_verb_they_do_not_need(h):
     """For each setting, every verb some other setting needs, and this one does not, is absent."""
-    settings = [(in_use, retained, strip) for in_use in ("evict", "force", "fail")
-                for retained in (False, True) for strip in (False, True)]
     every = {}
-    for setting in settings:
+    for setting in SETTINGS:
         for key, verbs in needed_verbs(*setting).items():
             every.setdefault(key, set()).update(verbs)
     n = 0
-    for in_use, retained, strip in settings:
+    for in_use, retained, strip, data in SETTINGS:
         docs = render_calls(h, [{"claim": "data", "settings": {
-            "inUse": in_use, "deleteRetainedPV": retained, "stripAllFinalizers": strip}}])
+            "inUse": in_use, "deleteRetainedPV": retained, "stripAllFinalizers": strip,
+            "data": data}}])
         granted = granted_verbs(docs)
-        need = needed_verbs(in_use, retained, strip)
-        what = f"inUse={in_use} deleteRetainedPV={retained} stripAllFinalizers={strip}"
+        need = needed_verbs(in_use, retained, strip, data)
+        what = (f"inUse={in_use} deleteRetainedPV={retained} stripAllFinalizers={strip} "
+                f"data={data}")
         for (group, resource), verbs in sorted(every.items()):
             for verb in sorted(verbs - need.get((group, resource), set())):
                 expect(verb not in granted.get((group, resource), set()),
@@ -808,8 +963,15 @@ def settings_get_no_verb_they_do_not_need(h):
     for key, verb in ((("", "persistentvolumeclaims"), "patch"), (("", "persistentvolumes"), "patch"),
                       (("", "persistentvolumes"), "delete"), (("", "pods/eviction"), "create"),
                       (("policy", "poddisruptionbudgets"), "list"),
-                      (("storage.k8s.io", "storageclasses"), "list")):
+                      (("storage.k8s.io", "storageclasses"), "list"),
+                      (("", "persistentvolumeclaims"), "create"), (("", "pods"), "create"),
+                      (("batch", "jobs"), "create"), (("batch", "jobs"), "delete")):
         expect(verb not in granted.get(key, set()), f"inUse=fail: {verb} {key} granted")
+    # data: copy never deletes a volume, and never patches the claim (inUse force aside).
+    granted = granted_verbs(render_calls(h, [{"claim": "data", "settings": {
+        "inUse": "fail", "data": "copy"}}]))
+    for key, verb in ((("", "persistentvolumeclaims"), "patch"), (("", "persistentvolumes"), "delete")):
+        expect(verb not in granted.get(key, set()), f"inUse=fail data=copy: {verb} {key} granted")
 
 
 def run_checks(h, label, only=None):
@@ -837,7 +999,9 @@ def same_rendering(h3, h4):
     passed = failed = 0
     for args in ([], ["--set", "storageclassMigrate.inUse=fail",
                       "--set", "storageclassMigrate.deleteRetainedPV=true"],
-                 ["--set", "storageclassMigrate.allowMigration=false"]):
+                 ["--set", "storageclassMigrate.allowMigration=false"],
+                 ["--set", "storageclassMigrate.data=copy",
+                  "--set", "storageclassMigrate.copy.asUser=1000"]):
         name = f"helm4: same objects as helm 3 for {args or 'defaults'}"
         try:
             expect_eq(h4.template(EXAMPLE, args), h3.template(EXAMPLE, args), "objects")
@@ -866,7 +1030,8 @@ def main():
         p, f = run_checks(h4, "helm4", only={
             "defaults", "toggle_off_renders_no_hook", "bad_values_are_rejected_clearly",
             "lint_passes_with_value_sets", "two_calls_with_per_call_settings", "both_schemas_apply",
-            "bad_calls_are_rejected_clearly"})
+            "bad_calls_are_rejected_clearly", "data_copy_renders_its_env_and_rules",
+            "data_copy_refuses_to_drop_the_old_volume"})
         passed, failed = passed + p, failed + f
         p, f = same_rendering(h3, h4)
         passed, failed = passed + p, failed + f

@@ -203,6 +203,41 @@ got, even when the cluster's default class changes. To move claims to the defaul
 {{- fail (printf "%s: timeout must be positive, e.g. 60s or 2m; got %v" $p $s.timeout) -}}
 {{- end -}}
 {{- $_ = set $out "timeout" $timeout -}}
+{{- /*
+The data. copy keeps the old volume (Retain) until the claim is bound to the verified copy, which
+stripAllFinalizers (the hook deletes the volume) and deleteRetainedPV (its provisioner does) would
+undo; the binary refuses the combination too, but only once the Job runs.
+*/ -}}
+{{- if not (has $s.data (list "delete" "copy")) -}}
+{{- fail (printf "%s: data must be delete or copy; got %v" $p $s.data) -}}
+{{- end -}}
+{{- if eq $s.data "copy" -}}
+{{- $conflicts := list -}}
+{{- if $s.stripAllFinalizers -}}
+{{- $conflicts = append $conflicts "stripAllFinalizers" -}}
+{{- end -}}
+{{- if $s.deleteRetainedPV -}}
+{{- $conflicts = append $conflicts "deleteRetainedPV" -}}
+{{- end -}}
+{{- if $conflicts -}}
+{{- fail (printf "%s: data: copy keeps the old volume until the claim is bound to the verified copy, so it cannot be combined with %s, which would delete that volume; set %s false (copy.deleteOldVolume lets the old volume go once the copy is in place)" $p (join " or " $conflicts) (join " and " $conflicts)) -}}
+{{- end -}}
+{{- if not (kindIs "map" $s.copy) -}}
+{{- fail (printf "%s: copy must be a map (asUser, verify, deleteOldVolume); got %v" $p $s.copy) -}}
+{{- end -}}
+{{- range $key := list "verify" "deleteOldVolume" -}}
+{{- if not (kindIs "bool" (get $s.copy $key)) -}}
+{{- fail (printf "%s: copy.%s must be true or false, got %v (%s)" $p $key (get $s.copy $key) (kindOf (get $s.copy $key))) -}}
+{{- end -}}
+{{- end -}}
+{{- /* index, not get: a null that helm dropped from the values reads as null, not "". */ -}}
+{{- $asUser := index $s.copy "asUser" -}}
+{{- if not (kindIs "invalid" $asUser) -}}
+{{- if not (and (include "storageclass-migrate.isNumber" $asUser) (eq (float64 (int64 $asUser)) (float64 $asUser)) (ge (int64 $asUser) 1) (le (int64 $asUser) 2147483647)) -}}
+{{- fail (printf "%s: copy.asUser must be a uid from 1 to 2147483647, or null (root with CHOWN, DAC_OVERRIDE, FOWNER and FSETID); got %v" $p $asUser) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- range $key := list "activeDeadlineSeconds" "backoffLimit" "hookWeight" -}}
 {{- if not (include "storageclass-migrate.isNumber" (get $s $key)) -}}
 {{- fail (printf "%s: %s must be a number; got %v" $p $key (get $s $key)) -}}
@@ -287,6 +322,9 @@ rules (dict "rules" LIST "state" STATE): the RBAC rules of rbac-rules.json that 
   writeVolumes        deleteRetainedPV or stripAllFinalizers (the volume's mark, reclaim policy
                       and finalizer patches)
   stripAllFinalizers  stripAllFinalizers (the volume is deleted by the hook, not its provisioner)
+  dataCopy            data is copy (the temporary claims and the claim made again, whose names
+                      are not all known here; the copy Job; the copy pod's dry run; the old and
+                      new volumes' reclaim policy, claimRef and annotation patches)
 "limitToClaimNames": the rule names the claims when they are given by name only (a selector
 picks names unknown here); "limitToNamespace": the rule names the release's namespace.
 */ -}}
@@ -310,6 +348,8 @@ picks names unknown here); "limitToNamespace": the rule names the release's name
 {{- $on = or $state.s.deleteRetainedPV $state.s.stripAllFinalizers -}}
 {{- else if eq $when "stripAllFinalizers" -}}
 {{- $on = $state.s.stripAllFinalizers -}}
+{{- else if eq $when "dataCopy" -}}
+{{- $on = eq $state.s.data "copy" -}}
 {{- else -}}
 {{- fail (printf "storageclass-migrate: rbac-rules.json: unknown \"when\" %q" $when) -}}
 {{- end -}}

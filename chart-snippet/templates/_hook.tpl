@@ -1,7 +1,9 @@
 {{- /*
 storageclass-migrate.hook renders a pre-install/pre-upgrade hook that deletes the chart's
 PersistentVolumeClaim(s) whose storage class differs from the one the chart now asks for, so that
-the same upgrade recreates them with the new class. See the library's README.md.
+the same upgrade recreates them with the new class (with the setting data: copy, the hook copies
+the data to a volume of the new class and makes the claim again, bound to it). See the library's
+README.md.
 
   {{ include "storageclass-migrate.hook" (dict
        "claim" "data"                                   the claim's name; or
@@ -218,6 +220,20 @@ spec:
               value: {{ $s.deleteRetainedPV | toString | quote }}
             - name: STRIP_ALL_FINALIZERS
               value: {{ $s.stripAllFinalizers | toString | quote }}
+            - name: DATA_POLICY
+              value: {{ $s.data | quote }}
+            {{- if eq $s.data "copy" }}
+            - name: COPY_IMAGE
+              value: {{ .image | quote }}
+            {{- if not (kindIs "invalid" $s.copy.asUser) }}
+            - name: COPY_AS_USER
+              value: {{ int64 $s.copy.asUser | toString | quote }}
+            {{- end }}
+            - name: COPY_VERIFY
+              value: {{ $s.copy.verify | toString | quote }}
+            - name: DELETE_OLD_VOLUME
+              value: {{ $s.copy.deleteOldVolume | toString | quote }}
+            {{- end }}
             - name: DRY_RUN
               value: {{ $s.dryRun | toString | quote }}
             - name: WAIT_TIMEOUT

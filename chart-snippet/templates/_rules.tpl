@@ -33,6 +33,24 @@
       "apiGroups": ["policy"],
       "resources": ["poddisruptionbudgets"],
       "verbs": ["list"]
+    },
+    {
+      "when": "dataCopy",
+      "apiGroups": [""],
+      "resources": ["persistentvolumeclaims"],
+      "verbs": ["create", "get", "list", "watch", "delete"]
+    },
+    {
+      "when": "dataCopy",
+      "apiGroups": ["batch"],
+      "resources": ["jobs"],
+      "verbs": ["create", "get", "list", "watch", "delete"]
+    },
+    {
+      "when": "dataCopy",
+      "apiGroups": [""],
+      "resources": ["pods"],
+      "verbs": ["create"]
     }
   ],
   "clusterRole": [
@@ -66,6 +84,12 @@
       "apiGroups": [""],
       "resources": ["persistentvolumes"],
       "verbs": ["delete"]
+    },
+    {
+      "when": "dataCopy",
+      "apiGroups": [""],
+      "resources": ["persistentvolumes"],
+      "verbs": ["patch"]
     }
   ]
 }

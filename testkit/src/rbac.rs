@@ -81,7 +81,8 @@ pub fn chart_rules(
                         "inUseEvict",
                         "patchClaims",
                         "writeVolumes",
-                        "stripAllFinalizers"
+                        "stripAllFinalizers",
+                        "dataCopy"
                     ]
                     .contains(&set),
                     "unknown when {set}"
@@ -417,6 +418,37 @@ mod tests {
                 .is_some_and(|res| res.contains(&"persistentvolumeclaims".to_string()))
                 && r.verbs.contains(&"delete".to_string())),
             "{role:?}"
+        );
+    }
+
+    #[test]
+    fn chart_rules_grant_the_copy_with_data_copy() {
+        let grants = |rules: &[PolicyRule], resource: &str, verb: &str, named: bool| {
+            rules.iter().any(|r| {
+                r.resources
+                    .as_ref()
+                    .is_some_and(|res| res.iter().any(|x| x == resource))
+                    && r.verbs.iter().any(|v| v == verb)
+                    && r.resource_names.is_some() == named
+            })
+        };
+        let (role, cluster) = chart_rules(&["data"], "apps", &["always"], None);
+        assert!(!grants(&role, "jobs", "create", false), "{role:?}");
+        assert!(
+            !grants(&cluster, "persistentvolumes", "patch", false),
+            "{cluster:?}"
+        );
+        let (role, cluster) = chart_rules(&["data"], "apps", &["always", "dataCopy"], None);
+        // The temporary claims' names are not the claim's: no resourceNames.
+        assert!(
+            grants(&role, "persistentvolumeclaims", "create", false),
+            "{role:?}"
+        );
+        assert!(grants(&role, "jobs", "delete", false), "{role:?}");
+        assert!(grants(&role, "pods", "create", false), "{role:?}");
+        assert!(
+            grants(&cluster, "persistentvolumes", "patch", false),
+            "{cluster:?}"
         );
     }
 }
