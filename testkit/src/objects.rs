@@ -14,8 +14,18 @@
 //! `Terminating` unless a [`crate::KubeletStandIn`] runs for the namespace. hostPath volumes point
 //! below [`HOST_PATH_ROOT`], which does not exist: the in-tree hostPath deleter (which runs for a
 //! `Delete` volume) then fails instead of deleting files.
+//!
+//! Volumes with real files: a class made with [`Class::host_path_provisioner`] is provisioned by
+//! kube-controller-manager itself, with a directory of this host for each claim
+//! ([`claim_dir`] finds it):
+//!
+//! ```ignore
+//! let b = Class::new("b").host_path_provisioner().create(&ns).await.name_any();
+//! Claim::new("data").class(&b).create_bound(&ns).await;
+//! let dir = claim_dir(&ns, "data").await;                       // /tmp/hostpath_pv/<uuid>
+//! ```
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use k8s_openapi::api::{
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
@@ -30,7 +40,7 @@ use serde_json::json;
 
 use crate::{
     TestNamespace,
-    api::{create, from_json, pv_phase, wait_bound, wait_for},
+    api::{create, from_json, get, pv_phase, volume_name, wait_bound, wait_for},
 };
 
 /// Annotation that makes a StorageClass the default one.
@@ -52,6 +62,14 @@ pub const HOST_PATH_ROOT: &str = "/nonexistent/storageclass-migrate-test";
 /// Directory that reclaimable hostPath volumes point into: below `/tmp`, so the hostPath
 /// deleter accepts them, and never created, so it has nothing to remove.
 pub const RECLAIMABLE_ROOT: &str = "/tmp/storageclass-migrate-test-never-created";
+/// The in-tree provisioner that kube-controller-manager runs with `--enable-hostpath-provisioner`
+/// (scripts/control-plane.sh enables it): each claim of its classes gets a new directory
+/// `<HOST_PATH_PROVISIONER_ROOT>/<uuid>` on this host (mode 0750, less the controller manager's
+/// umask, owned by its user), in a hostPath volume `pvc-<claim uid>`. Its deleter removes the
+/// directory of a released `Delete` volume.
+pub const HOST_PATH_PROVISIONER: &str = "kubernetes.io/host-path";
+/// Where [`HOST_PATH_PROVISIONER`] makes its directories (fixed in kube-controller-manager).
+pub const HOST_PATH_PROVISIONER_ROOT: &str = "/tmp/hostpath_pv";
 
 // ------------------------------------------------------------------------------------------
 // StorageClass
@@ -87,6 +105,17 @@ impl Class {
     /// e.g. `example.com/none`, an external provisioner that never runs: claims wait for it.
     pub fn provisioner(mut self, provisioner: &str) -> Class {
         self.provisioner = provisioner.into();
+        self
+    }
+
+    /// Provisioned by kube-controller-manager's hostPath provisioner
+    /// ([`HOST_PATH_PROVISIONER`]), with `Immediate` binding (there is no scheduler to pick a
+    /// node): a claim of the class is bound within a second or two to a new volume whose
+    /// directory on this host ([`claim_dir`]) really exists. The reclaim policy stays `Delete`
+    /// unless [`Class::retain`]: the directory is then removed with the claim.
+    pub fn host_path_provisioner(mut self) -> Class {
+        self.provisioner = HOST_PATH_PROVISIONER.into();
+        self.binding_mode = "Immediate".into();
         self
     }
 
@@ -353,6 +382,37 @@ impl Claim {
     }
 }
 
+/// The directory on this host of a volume: its `hostPath` or `local` path (`None` for other
+/// kinds of volume).
+pub fn volume_dir(pv: &PersistentVolume) -> Option<PathBuf> {
+    let spec = pv.spec.as_ref()?;
+    let path = match (&spec.host_path, &spec.local) {
+        (Some(h), _) => &h.path,
+        (None, Some(l)) => &l.path,
+        (None, None) => return None,
+    };
+    Some(PathBuf::from(path))
+}
+
+/// Waits until claim `claim` of the namespace is bound, and returns the directory of its volume
+/// on this host ([`volume_dir`]); fails the test if the volume has none or it does not exist.
+pub async fn claim_dir(ns: &TestNamespace, claim: &str) -> PathBuf {
+    let bound = wait_bound(ns.client(), ns.name(), claim).await;
+    let pv = get(
+        &ns.pvs(),
+        volume_name(&bound).expect("a bound claim names its volume"),
+    )
+    .await;
+    let dir = volume_dir(&pv)
+        .unwrap_or_else(|| panic!("volume of claim {claim} has no directory here: {pv:#?}"));
+    assert!(
+        dir.is_dir(),
+        "volume of claim {claim}: no directory {}",
+        dir.display()
+    );
+    dir
+}
+
 // ------------------------------------------------------------------------------------------
 // Nodes and pods
 
@@ -560,6 +620,14 @@ mod tests {
             .map(|v| v.persistent_volume_claim.unwrap().claim_name)
             .collect();
         assert_eq!(claims, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_host_path_provisioned_class_binds_at_once() {
+        let class = Class::new("b").host_path_provisioner();
+        assert_eq!(class.provisioner, HOST_PATH_PROVISIONER);
+        assert_eq!(class.binding_mode, "Immediate");
+        assert_eq!(class.reclaim_policy, "Delete");
     }
 
     #[test]
