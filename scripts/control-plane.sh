@@ -34,6 +34,16 @@ start_timeout=${CONTROL_PLANE_START_TIMEOUT:-120}
 # disruption keeps PodDisruptionBudget status current, which the Eviction API requires;
 # clusterrole-aggregation fills the aggregated admin/edit/view ClusterRoles; replicaset makes the
 # pods of a ReplicaSet, which a budget with maxUnavailable needs to count its pods.
+#
+# kube-controller-manager also runs with --enable-hostpath-provisioner: the PV controller then
+# provisions claims of classes with provisioner kubernetes.io/host-path (Immediate binding; no
+# scheduler picks a node) itself, as a real directory on this host: /tmp/hostpath_pv/<random uuid>
+# (os.MkdirAll, mode 0750 less the umask, owned by the controller manager's user), in a hostPath
+# PV pvc-<claim uid> annotated pv.kubernetes.io/provisioned-by: kubernetes.io/host-path. For a
+# Delete volume, once released, its deleter removes the directory (os.RemoveAll; it accepts only
+# paths matching the unanchored pattern /tmp/.+; it runs for every hostPath volume, with or
+# without the flag). Classes with other provisioners are unaffected.
+# Directories of volumes still there when the control plane stops stay behind in /tmp/hostpath_pv.
 controllers=(
   persistentvolume-binder-controller
   persistentvolumeclaim-protection-controller
@@ -323,6 +333,7 @@ start_controller_manager() {
       --use-service-account-credentials=true \
       --service-account-private-key-file="$dir/pki/sa.key" \
       --root-ca-file="$dir/pki/ca.crt" \
+      --enable-hostpath-provisioner=true \
       --leader-elect=false --profiling=false --v=1
     kcm_pid=$last_pid
     wait_ready kube-controller-manager "$kcm_pid" curl -sf --max-time 2 \

@@ -1,12 +1,21 @@
 //! Shows that the test control plane behaves like a real cluster in the ways the tool depends on:
 //! version, admission (protection finalizers, default class), the PV controller's binding and
-//! release, the protection controllers, preconditions, and ServiceAccount tokens under RBAC.
+//! release, the protection controllers, preconditions, ServiceAccount tokens under RBAC, and
+//! dynamic provisioning of real directories whose claims a Job's pod mounts.
+
+use std::{
+    fs,
+    os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink},
+    path::Path,
+};
 
 use k8s_openapi::api::{authentication::v1::SelfSubjectReview, storage::v1::StorageClass};
 use kube::api::{
     DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams, Preconditions,
 };
+use testkit::hook_runner::{HookRunner, How, RunnerOpts};
 use testkit::prelude::*;
+use testkit::release::image;
 
 #[tokio::test]
 async fn version_is_stamped() {
@@ -251,4 +260,127 @@ async fn service_account_token_is_authenticated_and_limited_by_rbac() {
     );
     let result = client_for(&path).await.apiserver_version().await;
     assert_eq!(api_code(&result), Some(401), "{result:?}");
+}
+
+/// (uid, gid, mode bits) of a path, not following a symlink.
+fn owner_and_mode(path: &Path) -> (u32, u32, u32) {
+    let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+/// The hostPath provisioner makes a real directory per claim, and the hook runner mounts claims
+/// into a Job's pod: the copy Job the binary will create, run on real files. If the runner
+/// ignored the mounts, `/source` would not exist (in the image, and on the host) and the Job
+/// would fail; if it mounted copies, the files would not reach the second claim's directory.
+#[tokio::test]
+async fn a_job_copies_between_two_claims_of_a_host_path_provisioned_class() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: this test needs root (it chowns files to other users)");
+        return;
+    }
+    // Two claims of a class that kube-controller-manager provisions: a directory each.
+    let ns = TestNamespace::new("provisioned").await;
+    let class = Class::new("hp")
+        .host_path_provisioner()
+        .create(&ns)
+        .await
+        .name_any();
+    Claim::new("source").class(&class).create(&ns).await;
+    Claim::new("target").class(&class).create(&ns).await;
+    let source = claim_dir(&ns, "source").await;
+    let target = claim_dir(&ns, "target").await;
+    assert_ne!(source, target);
+    for claim in ["source", "target"] {
+        let bound = get(&ns.claims(), claim).await;
+        let pv = get(&ns.pvs(), volume_name(&bound).unwrap()).await;
+        assert_eq!(
+            pv.annotations().get(PROVISIONED_BY).map(String::as_str),
+            Some(HOST_PATH_PROVISIONER)
+        );
+        assert_eq!(
+            pv.spec
+                .as_ref()
+                .unwrap()
+                .persistent_volume_reclaim_policy
+                .as_deref(),
+            Some("Delete")
+        );
+        let dir = volume_dir(&pv).unwrap();
+        assert!(
+            dir.starts_with(HOST_PATH_PROVISIONER_ROOT),
+            "{}",
+            dir.display()
+        );
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "{}", dir.display());
+    }
+
+    // Files of other owners, a 0640 file, a symlink, in the first claim's directory.
+    let data = source.join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("file.txt"), "kept\n").unwrap();
+    fs::set_permissions(data.join("file.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o750)).unwrap();
+    symlink("data/file.txt", source.join("link")).unwrap();
+    lchown(data.join("file.txt"), Some(1234), Some(5678)).unwrap();
+    lchown(&data, Some(1000), Some(2000)).unwrap();
+    lchown(source.join("link"), Some(4321), Some(8765)).unwrap();
+
+    // The copy Job as the binary will make it: both claims mounted, the source read-only, root
+    // with only the capabilities a copy that keeps owners needs (in the image, the 0640 file of
+    // another user is readable through the added DAC_OVERRIDE alone).
+    let runner = HookRunner::start(ns.name(), RunnerOpts::default());
+    ClaimJob::new("copy", &image())
+        .command(&[
+            "/storageclass-migrate",
+            "copy",
+            "--from",
+            "/source",
+            "--to",
+            "/target",
+        ])
+        .mount_read_only("source", "/source")
+        .mount("target", "/target")
+        .run_as(0, 0)
+        .capabilities(&["ALL"], &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"])
+        .create(&ns)
+        .await;
+    let job = wait_job_finished(&ns, "copy").await;
+    assert_eq!(job_finished(&job), Some("Complete"), "{}", runner.report());
+    let runs = runner.runs();
+    assert_eq!(runs.len(), 1, "{}", runner.report());
+    let mounted = |path: &str, dir: &Path, ro: &str| {
+        let note = format!("{} of this host, mounted at {path}{ro}", dir.display());
+        assert!(
+            runs[0].notes.iter().any(|n| n.ends_with(&note)),
+            "no note ending {note:?}\n{}",
+            runner.report()
+        );
+    };
+    mounted("/source", &source, " read-only");
+    mounted("/target", &target, "");
+    let rewritten = runs[0]
+        .notes
+        .iter()
+        .any(|n| n.contains("arguments naming a mount path were rewritten"));
+    match &runs[0].how {
+        How::Image { .. } => assert!(!rewritten, "{}", runner.report()),
+        How::HostBinary { .. } => assert!(rewritten, "{}", runner.report()),
+        other => panic!("ran as {other:?}\n{}", runner.report()),
+    }
+
+    // The second claim's directory has them, with owners, modes and the link.
+    let report = runner.report();
+    let copied = target.join("data/file.txt");
+    assert_eq!(
+        fs::read_to_string(&copied).unwrap_or_else(|e| panic!("{e}\n{report}")),
+        "kept\n"
+    );
+    assert_eq!(owner_and_mode(&copied), (1234, 5678, 0o640), "{report}");
+    assert_eq!(owner_and_mode(&target.join("data")), (1000, 2000, 0o750));
+    let link = target.join("link");
+    assert_eq!(fs::read_link(&link).unwrap(), Path::new("data/file.txt"));
+    let (uid, gid, _) = owner_and_mode(&link);
+    assert_eq!((uid, gid), (4321, 8765), "the link's own owner");
+    // Untouched source.
+    assert_eq!(owner_and_mode(&data.join("file.txt")), (1234, 5678, 0o640));
 }

@@ -4,25 +4,19 @@
 //! binary on the host) with both claims mounted, by the hook runner. The data is checked on the
 //! files: contents, owners, modes, times, links, sparse regions.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job as BatchJob;
 use testkit::fault_proxy::{Fault, Gate, Match, Which};
-use testkit::files::{assert_same_tree, every_kind, is_root, volume_dir};
+use testkit::files::{assert_same_tree, data_dir, every_kind, is_root};
 use testkit::hook_runner::{HookRunner, RunnerOpts};
 use testkit::prelude::*;
-use testkit::release::{IMAGE_REPOSITORY, image_tag};
+use testkit::release::image;
 use testkit::rows::check_rows;
 
-/// The provisioner of kube-controller-manager's host-path provisioning (`/tmp/hostpath_pv/...`).
-const HOST_PATH: &str = "kubernetes.io/host-path";
 const RECORD: &str = "storageclass-migrate/copy";
 const MIGRATED_FROM: &str = "storageclass-migrate/migrated-from";
-
-fn image() -> String {
-    format!("{IMAGE_REPOSITORY}:{}", image_tag())
-}
 
 macro_rules! require_root {
     () => {
@@ -48,12 +42,12 @@ struct Scene {
 
 impl Scene {
     async fn new(prefix: &str) -> Scene {
-        Self::with(prefix, Class::new("b").provisioner(HOST_PATH)).await
+        Self::with(prefix, Class::new("b").host_path_provisioner()).await
     }
 
     async fn with(prefix: &str, b: Class) -> Scene {
         let c = Cluster::with_classes(prefix, Class::new("a"), b).await;
-        let data = volume_dir(&c.scoped("old"));
+        let data = data_dir(&c.scoped("old"));
         let xattrs = every_kind(&data);
         let claim = c
             .claim("data")
@@ -171,8 +165,7 @@ fn reclaim_policy(pv: &PersistentVolume) -> &str {
 }
 
 fn host_path(pv: &PersistentVolume) -> PathBuf {
-    let path = pv.spec.as_ref().and_then(|s| s.host_path.as_ref());
-    Path::new(&path.expect("a hostPath volume").path).to_owned()
+    volume_dir(pv).expect("a hostPath volume")
 }
 
 #[tokio::test]

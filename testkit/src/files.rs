@@ -242,7 +242,7 @@ pub fn xattrs_of(path: &Path) -> Vec<(String, Vec<u8>)> {
 /// A directory for a volume whose data a test writes and checks: `target/test-volumes/<name>`,
 /// made empty. Not below `/tmp/`, where the controller manager's hostPath deleter removes the
 /// directories of released Delete volumes.
-pub fn volume_dir(name: &str) -> PathBuf {
+pub fn data_dir(name: &str) -> PathBuf {
     let dir = crate::repo_root().join("target/test-volumes").join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));

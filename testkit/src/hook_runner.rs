@@ -13,9 +13,18 @@
 //!    ConfigMap and `namespace`, so that the program takes its in-cluster path with the RBAC the
 //!    chart gave its ServiceAccount. It waits until the apiserver's authoriser has the bindings
 //!    of that ServiceAccount (a kubelet's image pull and container start take longer than that);
-//! 3. runs the container as the securityContext says (numeric `runAsUser`/`runAsGroup`, else the
-//!    image's user; `runAsNonRoot` checked), with a file mounted at `terminationMessagePath`;
-//! 4. writes the pod's status: phase `Succeeded` or `Failed`, and the container's
+//! 3. mounts `persistentVolumeClaim` volumes: it waits up to 10 s for the claim (in the pod's
+//!    namespace) to be `Bound` (the pod fails to start otherwise, with the reason in its
+//!    termination message), reads its PersistentVolume, which must be `hostPath` or `local` with
+//!    a directory that exists on this host (as those that kube-controller-manager's hostPath
+//!    provisioner makes for classes of [`crate::Class::host_path_provisioner`]), and mounts that
+//!    directory itself (not a copy: what the container writes is in the volume) at the
+//!    `mountPath`, read-only if the volume mount or the volume's `persistentVolumeClaim.readOnly`
+//!    says so. Each such mount is in the run's notes;
+//! 4. runs the container as the securityContext says (numeric `runAsUser`/`runAsGroup`, else the
+//!    image's user; `runAsNonRoot` checked; `capabilities` dropped and added in image mode), with
+//!    a file mounted at `terminationMessagePath`;
+//! 5. writes the pod's status: phase `Succeeded` or `Failed`, and the container's
 //!    `state.terminated` with exit code, reason and the termination message (the file, or with
 //!    `FallbackToLogsOnError` and a failure the tail of the output, as a kubelet does).
 //!
@@ -32,7 +41,11 @@
 //!   skips mounts below `/dev`, `/proc` and `/sys`; a termination-message path there (the default
 //!   `/dev/termination-log`) is mounted at [`RELOCATED_TERMINATION_LOG`] instead and
 //!   `TERMINATION_LOG` (the variable storageclass-migrate reads) points there, unless the pod
-//!   sets it. Each run says so in its notes.
+//!   sets it. Each run says so in its notes. Volumes, claims included, are `buildah run
+//!   --volume HOST:PATH[:ro]`; the container's `securityContext.capabilities` are `--cap-drop`
+//!   and `--cap-add`, with the result containerd would give (`ALL` spelt out, since buildah
+//!   1.28 ignores the adds when `ALL` is dropped; a capability both dropped and added is
+//!   dropped, and noted, since buildah refuses both).
 //! * **host binary**: where the image cannot be run (no buildah, no such image, or
 //!   `STORAGECLASS_MIGRATE_HOOK_RUNNER=binary`), the storageclass-migrate binary built for the
 //!   tests runs on the host instead, as the pod's user, with a kubeconfig made from the pod's
@@ -42,6 +55,12 @@
 //!   kubectl script) run their `command`/`args` on the host, as the pod's user, with a directory
 //!   holding kubectl first on `PATH`, `HOME` in a fresh directory and a kubeconfig made from the
 //!   pod's token.
+//!
+//! On the host (both host modes) there is no mount namespace: each argument equal to a volume's
+//! `mountPath`, or starting with `mountPath/`, is rewritten to the host directory (the longest
+//! mount path wins; `--opt=/path` and a `mountPath` of `/` are left alone), read-only claims
+//! are not enforced (the program could write to the directory), and capabilities are those of
+//! the user it runs as. The notes of the run say which of these applied.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs,
@@ -55,7 +74,9 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Container, Pod, Secret, Volume},
+    core::v1::{
+        ConfigMap, Container, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+    },
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject},
 };
 use kube::{
@@ -71,6 +92,7 @@ use crate::{
     binary::binary_path,
     control_plane::{ControlPlane, client, repo_root},
     kubelet::each_pod,
+    objects::volume_dir,
     rbac::{request_token, wait_authorized, write_token_kubeconfig},
 };
 
@@ -83,6 +105,8 @@ const MESSAGE_LIMIT: usize = 4096;
 /// The kubelet's limits on the log tail used by `FallbackToLogsOnError`.
 const FALLBACK_LINES: usize = 80;
 const FALLBACK_BYTES: usize = 2048;
+/// How long a pod's claim may take to become `Bound` before the pod fails to start.
+const CLAIM_BOUND_WAIT: Duration = Duration::from_secs(10);
 
 /// What a [`HookRunner`] watches and how it runs what it finds.
 #[derive(Clone, Debug)]
@@ -317,6 +341,8 @@ struct Prepared {
     env: Vec<(String, String)>,
     /// (host path, container path, read-only)
     mounts: Vec<(PathBuf, String, bool)>,
+    /// `securityContext.capabilities` for buildah: (drop, add).
+    capabilities: (Vec<String>, Vec<String>),
     /// The projected service-account token, for kubeconfigs of the host modes.
     token: Option<String>,
     user: Option<(i64, Option<i64>)>,
@@ -527,6 +553,7 @@ async fn prepare(client: &Client, pod: &Pod, opts: &RunnerOpts) -> Result<Prepar
 
     // Volumes.
     let mut mounts = vec![];
+    let mut read_only_claims = vec![];
     let mut token = None;
     let volumes = spec.volumes.clone().unwrap_or_default();
     for (i, mount) in container
@@ -546,6 +573,23 @@ async fn prepare(client: &Client, pod: &Pod, opts: &RunnerOpts) -> Result<Prepar
             .iter()
             .find(|v| v.name == mount.name)
             .ok_or_else(|| format!("volume mount {}: no such volume", mount.name))?;
+        if let Some(source) = &volume.persistent_volume_claim {
+            let (pv, host) = claim_dir(client, &ns, &volume.name, &source.claim_name).await?;
+            let read_only = mount.read_only == Some(true) || source.read_only == Some(true);
+            notes.push(format!(
+                "volume {}: claim {} (PV {pv}) is directory {} of this host, mounted at {}{}",
+                volume.name,
+                source.claim_name,
+                host.display(),
+                mount.mount_path,
+                if read_only { " read-only" } else { "" }
+            ));
+            if read_only {
+                read_only_claims.push(mount.mount_path.clone());
+            }
+            mounts.push((host, mount.mount_path.clone(), read_only));
+            continue;
+        }
         let host = dir.path().join(format!("volume-{i}"));
         fs::create_dir(&host).map_err(|e| format!("{}: {e}", host.display()))?;
         chmod(&host, 0o755);
@@ -613,9 +657,51 @@ async fn prepare(client: &Client, pod: &Pod, opts: &RunnerOpts) -> Result<Prepar
         }
         None => (vec![], vec![]),
     };
-    let argv = command_line(&container, &entrypoint, &cmd, &env);
+    let mut argv = command_line(&container, &entrypoint, &cmd, &env);
     if argv.is_empty() {
         return Err("no command: neither the container nor the image names one".into());
+    }
+
+    // What the container has no mount namespace for on the host.
+    let on_host = matches!(how, How::HostBinary { .. } | How::HostCommand { .. });
+    if on_host {
+        let rewritten = rewrite_mount_paths(&mut argv, &mounts);
+        if !rewritten.is_empty() {
+            notes.push(format!(
+                "on the host there is no mount namespace: arguments naming a mount path were \
+                 rewritten to the host directory ({})",
+                rewritten.join(", ")
+            ));
+        }
+        if !read_only_claims.is_empty() {
+            notes.push(format!(
+                "on the host: read-only claims are not enforced ({})",
+                read_only_claims.join(", ")
+            ));
+        }
+    }
+
+    // Capabilities: buildah adds and drops them as a container runtime does; on the host the
+    // process has what its user has.
+    let caps = csc.capabilities.clone().unwrap_or_default();
+    let (drop, add) = (caps.drop.unwrap_or_default(), caps.add.unwrap_or_default());
+    let mut capabilities = (vec![], vec![]);
+    if !drop.is_empty() || !add.is_empty() {
+        if on_host {
+            notes.push(format!(
+                "on the host: securityContext.capabilities (drop {drop:?}, add {add:?}) not \
+                 applied: the process has what its user has"
+            ));
+        } else {
+            let (d, a, both) = buildah_capabilities(&drop, &add, &bounding_set());
+            if !both.is_empty() {
+                notes.push(format!(
+                    "capabilities {both:?} are both dropped and added: dropped, as a container \
+                     runtime applies drops last (buildah refuses both)"
+                ));
+            }
+            capabilities = (d, a);
+        }
     }
 
     let bindings = wait_for_rbac(client, &ns, &spec.service_account_name.unwrap_or_default()).await;
@@ -626,6 +712,7 @@ async fn prepare(client: &Client, pod: &Pod, opts: &RunnerOpts) -> Result<Prepar
         how,
         env,
         mounts,
+        capabilities,
         token,
         user,
         argv,
@@ -634,6 +721,215 @@ async fn prepare(client: &Client, pod: &Pod, opts: &RunnerOpts) -> Result<Prepar
         bindings,
         notes,
     })
+}
+
+/// The claim `claim` of namespace `ns` that volume `volume` names: waits up to
+/// [`CLAIM_BOUND_WAIT`] for it to be `Bound`, then returns its PersistentVolume's name and the
+/// directory of this host that the volume is (`hostPath` or `local`, which must exist).
+async fn claim_dir(
+    client: &Client,
+    ns: &str,
+    volume: &str,
+    claim: &str,
+) -> Result<(String, PathBuf), String> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + CLAIM_BOUND_WAIT;
+    let bound = loop {
+        let found = claims
+            .get_opt(claim)
+            .await
+            .map_err(|e| format!("volume {volume}: reading claim {ns}/{claim}: {e}"))?;
+        let phase = found
+            .as_ref()
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.phase.clone());
+        match (found, phase.as_deref()) {
+            (Some(c), Some("Bound")) => break c,
+            (found, phase) if Instant::now() >= deadline => {
+                return Err(match found {
+                    None => format!("volume {volume}: claim {ns}/{claim} not found"),
+                    Some(_) => format!(
+                        "volume {volume}: claim {ns}/{claim} is not Bound after {:?} (phase \
+                         {}): the hook runner mounts only bound claims",
+                        CLAIM_BOUND_WAIT,
+                        phase.unwrap_or("none")
+                    ),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let pv_name = bound
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .ok_or_else(|| format!("volume {volume}: claim {ns}/{claim} is Bound to no volume"))?;
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&pv_name)
+        .await
+        .map_err(|e| format!("volume {volume}: PV {pv_name} of claim {ns}/{claim}: {e}"))?;
+    let dir = volume_dir(&pv).ok_or_else(|| {
+        format!(
+            "volume {volume}: PV {pv_name} of claim {ns}/{claim} is neither hostPath nor local: \
+             the hook runner mounts only directories of this host"
+        )
+    })?;
+    if !dir.is_dir() {
+        return Err(format!(
+            "volume {volume}: PV {pv_name} of claim {ns}/{claim}: {} is no directory of this host",
+            dir.display()
+        ));
+    }
+    Ok((pv_name, dir))
+}
+
+/// On the host (no mount namespace): each argument equal to a mount path, or below one, names the
+/// host directory instead (the longest mount path that matches). Returns `from -> to` of each
+/// rewritten argument.
+fn rewrite_mount_paths(argv: &mut [String], mounts: &[(PathBuf, String, bool)]) -> Vec<String> {
+    let mut done = vec![];
+    for arg in argv.iter_mut() {
+        let best = mounts
+            .iter()
+            .filter_map(|(host, path, _)| {
+                let path = path.trim_end_matches('/');
+                if path.is_empty() {
+                    return None;
+                }
+                let rest = arg.strip_prefix(path)?;
+                (rest.is_empty() || rest.starts_with('/')).then_some((path.len(), host, rest))
+            })
+            .max_by_key(|(len, _, _)| *len);
+        if let Some((_, host, rest)) = best {
+            let new = format!("{}{rest}", host.display());
+            done.push(format!("{arg} -> {new}"));
+            *arg = new;
+        }
+    }
+    done
+}
+
+/// Every Linux capability by number (linux/capability.h), without `CAP_`.
+const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The capabilities in this process's bounding set: all that a container it starts can have.
+fn bounding_set() -> Vec<String> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask >> i & 1 == 1)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
+/// The container's `capabilities` (names with or without `CAP_`, any case) as buildah's
+/// `--cap-drop` and `--cap-add` arguments (with `CAP_`, which buildah requires), and the
+/// capabilities both dropped and added.
+///
+/// A container runtime (containerd) starts from its default set, adds all for `add: [ALL]`,
+/// removes all for `drop: [ALL]`, then adds the single adds and removes the single drops: a
+/// capability in both lists ends up dropped. buildah (1.28) refuses a capability in both lists,
+/// ignores the adds when `ALL` is dropped, and fails to add `ALL` where the runner lacks some
+/// capability. So `ALL` is spelt out: dropped, it is every capability but those added; added, it
+/// is those of the runner's bounding set (`bounding`).
+fn buildah_capabilities(
+    drop: &[String],
+    add: &[String],
+    bounding: &[String],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let norm = |c: &String| {
+        let c = c.to_ascii_uppercase();
+        c.strip_prefix("CAP_").map(str::to_string).unwrap_or(c)
+    };
+    let (drop, add): (Vec<String>, Vec<String>) = (
+        drop.iter().map(norm).collect(),
+        add.iter().map(norm).collect(),
+    );
+    let has_all = |v: &[String]| v.iter().any(|c| c == "ALL");
+    let (drop_all, add_all) = (has_all(&drop), has_all(&add));
+    let single = |v: Vec<String>| -> Vec<String> {
+        let mut out: Vec<String> = vec![];
+        for c in v {
+            if c != "ALL" && !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let (drops, adds) = (single(drop), single(add));
+    let mut both: Vec<String> = adds.iter().filter(|c| drops.contains(c)).cloned().collect();
+    if drop_all && add_all {
+        both.push("ALL".into());
+    }
+    let kept: Vec<String> = adds.into_iter().filter(|c| !drops.contains(c)).collect();
+    let (out_drop, out_add) = if drop_all {
+        let dropped = CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !kept.contains(c))
+            .collect();
+        (dropped, kept)
+    } else if add_all {
+        let mut added: Vec<String> = bounding
+            .iter()
+            .filter(|c| !drops.contains(c))
+            .cloned()
+            .collect();
+        added.extend(kept.into_iter().filter(|c| !bounding.contains(c)));
+        (drops, added)
+    } else {
+        (drops, kept)
+    };
+    let prefixed = |v: Vec<String>| v.into_iter().map(|c| format!("CAP_{c}")).collect();
+    (prefixed(out_drop), prefixed(out_add), both)
 }
 
 /// Image mode unless the image is one of the host images, or storageclass-migrate's image
@@ -1202,6 +1498,12 @@ fn run_in_image(p: &Prepared, image: &str, log: &Path, max_run: Duration) -> Res
         cmd.arg("--volume")
             .arg(format!("{}:{path}{ro}", host.display()));
     }
+    for cap in &p.capabilities.0 {
+        cmd.arg("--cap-drop").arg(cap);
+    }
+    for cap in &p.capabilities.1 {
+        cmd.arg("--cap-add").arg(cap);
+    }
     for (k, v) in &p.env {
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
@@ -1316,5 +1618,97 @@ fn run_logged(mut cmd: Command, log: &Path, max_run: Duration) -> Result<i32, St
             return Ok(137);
         }
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn arguments_naming_a_mount_path_name_the_host_directory() {
+        let mounts = vec![
+            (PathBuf::from("/tmp/hostpath_pv/a"), "/source".into(), true),
+            (
+                PathBuf::from("/tmp/hostpath_pv/b"),
+                "/target/".into(),
+                false,
+            ),
+            (
+                PathBuf::from("/tmp/hostpath_pv/c"),
+                "/target/inner".into(),
+                false,
+            ),
+            (PathBuf::from("/tmp/root"), "/".into(), false),
+        ];
+        let mut argv = strings(&[
+            "/storageclass-migrate",
+            "copy",
+            "--from",
+            "/source",
+            "--to",
+            "/target",
+            "/source/x/y",
+            "/target/inner/z",
+            "/sourcefile",
+            "--from=/source",
+        ]);
+        let done = rewrite_mount_paths(&mut argv, &mounts);
+        assert_eq!(
+            argv,
+            strings(&[
+                "/storageclass-migrate",
+                "copy",
+                "--from",
+                "/tmp/hostpath_pv/a",
+                "--to",
+                "/tmp/hostpath_pv/b",
+                "/tmp/hostpath_pv/a/x/y",
+                "/tmp/hostpath_pv/c/z",
+                "/sourcefile",
+                "--from=/source",
+            ])
+        );
+        assert_eq!(done.len(), 4, "{done:?}");
+        assert_eq!(done[0], "/source -> /tmp/hostpath_pv/a");
+    }
+
+    #[test]
+    fn capabilities_are_spelt_out_for_buildah() {
+        let bounding = strings(&["CHOWN", "KILL", "NET_RAW"]);
+        // Single ones: with CAP_, a capability in both lists dropped.
+        let (drop, add, both) = buildah_capabilities(
+            &strings(&["net_raw", "CAP_KILL"]),
+            &strings(&["CAP_NET_RAW", "SYS_ADMIN"]),
+            &bounding,
+        );
+        assert_eq!(drop, strings(&["CAP_NET_RAW", "CAP_KILL"]));
+        assert_eq!(add, strings(&["CAP_SYS_ADMIN"]));
+        assert_eq!(both, strings(&["NET_RAW"]));
+        // Drop ALL: every capability but the ones added.
+        let (drop, add, both) = buildah_capabilities(
+            &strings(&["ALL"]),
+            &strings(&["chown", "CAP_FOWNER"]),
+            &bounding,
+        );
+        assert_eq!(add, strings(&["CAP_CHOWN", "CAP_FOWNER"]));
+        assert_eq!(drop.len(), CAPABILITIES.len() - 2);
+        assert!(!drop.contains(&"CAP_CHOWN".to_string()), "{drop:?}");
+        assert!(drop.contains(&"CAP_DAC_OVERRIDE".to_string()), "{drop:?}");
+        assert!(both.is_empty());
+        // Add ALL: the bounding set less the drops.
+        let (drop, add, _) =
+            buildah_capabilities(&strings(&["KILL"]), &strings(&["ALL"]), &bounding);
+        assert_eq!(drop, strings(&["CAP_KILL"]));
+        assert_eq!(add, strings(&["CAP_CHOWN", "CAP_NET_RAW"]));
+        // ALL in both: none.
+        let (drop, add, both) =
+            buildah_capabilities(&strings(&["ALL"]), &strings(&["ALL"]), &bounding);
+        assert_eq!((drop.len(), add.len()), (CAPABILITIES.len(), 0));
+        assert_eq!(both, strings(&["ALL"]));
     }
 }

@@ -5,13 +5,13 @@
 //! | [`control_plane`] | the local control plane (`scripts/control-plane.sh`), admin clients |
 //! | [`namespace`] | unique names, a namespace per test, the default-class lock |
 //! | [`cluster`] | the usual scene: a namespace with classes A and B, the binary run there |
-//! | [`objects`] | builders: classes, volumes, claims, pods, nodes, budgets |
+//! | [`objects`] | builders: classes (also host-path provisioned), volumes, claims, pods, nodes, budgets, Jobs that mount claims |
 //! | [`rbac`] | service accounts with rules (the chart's), tokens, token kubeconfigs |
 //! | [`api`] | create, read, wait for, unchanged-object checks |
 //! | [`binary`] | the binary as a subprocess: run, wait, kill; its output |
 //! | [`outcome`] | the binary's structured summary (`--summary-format json`), typed |
 //! | [`kubelet`] | the stand-in kubelet that finishes deleted and evicted pods |
-//! | [`hook_runner`] | runs hook Jobs' pods (in the image, or on the host) in place of a kubelet |
+//! | [`hook_runner`] | runs Jobs' pods (in the image, or on the host), claims mounted, in place of a kubelet |
 //! | [`fault_proxy`] | an HTTP proxy to the apiserver that injects faults |
 //! | [`files`] | a tree with every kind of entry, and the comparison of two trees |
 //! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |

@@ -14,11 +14,27 @@
 //! `Terminating` unless a [`crate::KubeletStandIn`] runs for the namespace. hostPath volumes point
 //! below [`HOST_PATH_ROOT`], which does not exist: the in-tree hostPath deleter (which runs for a
 //! `Delete` volume) then fails instead of deleting files.
+//!
+//! Volumes with real files: a class made with [`Class::host_path_provisioner`] is provisioned by
+//! kube-controller-manager itself, with a directory of this host for each claim
+//! ([`claim_dir`] finds it); a [`ClaimJob`] mounts such claims into a pod that a
+//! [`crate::hook_runner::HookRunner`] runs:
+//!
+//! ```ignore
+//! let b = Class::new("b").host_path_provisioner().create(&ns).await.name_any();
+//! Claim::new("data").class(&b).create_bound(&ns).await;
+//! let dir = claim_dir(&ns, "data").await;                       // /tmp/hostpath_pv/<uuid>
+//! let _runner = HookRunner::start(ns.name(), RunnerOpts::default());
+//! ClaimJob::new("job", &image()).command(&["/storageclass-migrate", "copy", ...])
+//!     .mount("data", "/data").create(&ns).await;
+//! let job = wait_job_finished(&ns, "job").await;
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
+    batch::v1::Job as BatchJob,
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
     policy::v1::PodDisruptionBudget,
     storage::v1::StorageClass,
@@ -31,7 +47,7 @@ use serde_json::json;
 
 use crate::{
     TestNamespace,
-    api::{create, from_json, pv_phase, wait_bound, wait_for},
+    api::{create, from_json, get, pv_phase, volume_name, wait_bound, wait_for},
 };
 
 /// Annotation that makes a StorageClass the default one.
@@ -53,6 +69,14 @@ pub const HOST_PATH_ROOT: &str = "/nonexistent/storageclass-migrate-test";
 /// Directory that reclaimable hostPath volumes point into: below `/tmp`, so the hostPath
 /// deleter accepts them, and never created, so it has nothing to remove.
 pub const RECLAIMABLE_ROOT: &str = "/tmp/storageclass-migrate-test-never-created";
+/// The in-tree provisioner that kube-controller-manager runs with `--enable-hostpath-provisioner`
+/// (scripts/control-plane.sh enables it): each claim of its classes gets a new directory
+/// `<HOST_PATH_PROVISIONER_ROOT>/<uuid>` on this host (mode 0750, less the controller manager's
+/// umask, owned by its user), in a hostPath volume `pvc-<claim uid>`. Its deleter removes the
+/// directory of a released `Delete` volume.
+pub const HOST_PATH_PROVISIONER: &str = "kubernetes.io/host-path";
+/// Where [`HOST_PATH_PROVISIONER`] makes its directories (fixed in kube-controller-manager).
+pub const HOST_PATH_PROVISIONER_ROOT: &str = "/tmp/hostpath_pv";
 
 // ------------------------------------------------------------------------------------------
 // StorageClass
@@ -88,6 +112,17 @@ impl Class {
     /// e.g. `example.com/none`, an external provisioner that never runs: claims wait for it.
     pub fn provisioner(mut self, provisioner: &str) -> Class {
         self.provisioner = provisioner.into();
+        self
+    }
+
+    /// Provisioned by kube-controller-manager's hostPath provisioner
+    /// ([`HOST_PATH_PROVISIONER`]), with `Immediate` binding (there is no scheduler to pick a
+    /// node): a claim of the class is bound within a second or two to a new volume whose
+    /// directory on this host ([`claim_dir`]) really exists. The reclaim policy stays `Delete`
+    /// unless [`Class::retain`]: the directory is then removed with the claim.
+    pub fn host_path_provisioner(mut self) -> Class {
+        self.provisioner = HOST_PATH_PROVISIONER.into();
+        self.binding_mode = "Immediate".into();
         self
     }
 
@@ -156,7 +191,7 @@ impl Volume {
         }
     }
 
-    /// Points at a real directory (made by [`crate::files::volume_dir`]) whose data a test
+    /// Points at a real directory (made by [`crate::files::data_dir`]) whose data a test
     /// checks; never below `/tmp/`, where the hostPath deleter would remove it.
     pub fn at(mut self, dir: &Path) -> Volume {
         self.path = Some(dir.to_owned());
@@ -365,6 +400,37 @@ impl Claim {
     }
 }
 
+/// The directory on this host of a volume: its `hostPath` or `local` path (`None` for other
+/// kinds of volume).
+pub fn volume_dir(pv: &PersistentVolume) -> Option<PathBuf> {
+    let spec = pv.spec.as_ref()?;
+    let path = match (&spec.host_path, &spec.local) {
+        (Some(h), _) => &h.path,
+        (None, Some(l)) => &l.path,
+        (None, None) => return None,
+    };
+    Some(PathBuf::from(path))
+}
+
+/// Waits until claim `claim` of the namespace is bound, and returns the directory of its volume
+/// on this host ([`volume_dir`]); fails the test if the volume has none or it does not exist.
+pub async fn claim_dir(ns: &TestNamespace, claim: &str) -> PathBuf {
+    let bound = wait_bound(ns.client(), ns.name(), claim).await;
+    let pv = get(
+        &ns.pvs(),
+        volume_name(&bound).expect("a bound claim names its volume"),
+    )
+    .await;
+    let dir = volume_dir(&pv)
+        .unwrap_or_else(|| panic!("volume of claim {claim} has no directory here: {pv:#?}"));
+    assert!(
+        dir.is_dir(),
+        "volume of claim {claim}: no directory {}",
+        dir.display()
+    );
+    dir
+}
+
 // ------------------------------------------------------------------------------------------
 // Nodes and pods
 
@@ -485,6 +551,145 @@ pub async fn set_running(ns: &TestNamespace, name: &str) -> Pod {
 }
 
 // ------------------------------------------------------------------------------------------
+// Jobs
+
+/// A Job whose one pod (one container, `restartPolicy: Never`, `backoffLimit: 0`) mounts claims:
+/// for a [`crate::hook_runner::HookRunner`] to run, as the binary's own Jobs are run.
+#[derive(Clone, Debug)]
+pub struct ClaimJob {
+    name: String,
+    image: String,
+    command: Vec<String>,
+    /// (claim, mount path, read-only)
+    mounts: Vec<(String, String, bool)>,
+    user: Option<(i64, i64)>,
+    drop: Vec<String>,
+    add: Vec<String>,
+}
+
+impl ClaimJob {
+    pub fn new(name: &str, image: &str) -> ClaimJob {
+        ClaimJob {
+            name: name.into(),
+            image: image.into(),
+            command: vec![],
+            mounts: vec![],
+            user: None,
+            drop: vec![],
+            add: vec![],
+        }
+    }
+
+    /// The container's `command` (the first word) and `args` (the rest).
+    pub fn command(mut self, argv: &[&str]) -> ClaimJob {
+        self.command = argv.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Mounts `claim` at `path`.
+    pub fn mount(mut self, claim: &str, path: &str) -> ClaimJob {
+        self.mounts.push((claim.into(), path.into(), false));
+        self
+    }
+
+    /// Mounts `claim` at `path` read-only (`readOnly` on the volume mount).
+    pub fn mount_read_only(mut self, claim: &str, path: &str) -> ClaimJob {
+        self.mounts.push((claim.into(), path.into(), true));
+        self
+    }
+
+    /// `runAsUser` and `runAsGroup` of the container (default: the image's user).
+    pub fn run_as(mut self, uid: i64, gid: i64) -> ClaimJob {
+        self.user = Some((uid, gid));
+        self
+    }
+
+    /// `securityContext.capabilities` of the container.
+    pub fn capabilities(mut self, drop: &[&str], add: &[&str]) -> ClaimJob {
+        self.drop = drop.iter().map(|c| c.to_string()).collect();
+        self.add = add.iter().map(|c| c.to_string()).collect();
+        self
+    }
+
+    pub fn build(&self) -> BatchJob {
+        let volumes: Vec<_> = self
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, (claim, _, _))| {
+                json!({"name": format!("claim-{i}"), "persistentVolumeClaim": {"claimName": claim}})
+            })
+            .collect();
+        let mounts: Vec<_> = self
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, (_, path, ro))| {
+                json!({"name": format!("claim-{i}"), "mountPath": path, "readOnly": ro})
+            })
+            .collect();
+        let mut security = json!({});
+        if let Some((uid, gid)) = self.user {
+            security["runAsUser"] = json!(uid);
+            security["runAsGroup"] = json!(gid);
+        }
+        if !self.drop.is_empty() || !self.add.is_empty() {
+            security["capabilities"] = json!({"drop": self.drop, "add": self.add});
+        }
+        let mut container = json!({
+            "name": "main",
+            "image": self.image,
+            "securityContext": security,
+            "volumeMounts": mounts,
+        });
+        if let Some((first, rest)) = self.command.split_first() {
+            container["command"] = json!([first]);
+            container["args"] = json!(rest);
+        }
+        from_json(json!({
+            "metadata": {"name": self.name},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {"spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": volumes,
+                }},
+            }
+        }))
+    }
+
+    pub async fn create(&self, ns: &TestNamespace) -> BatchJob {
+        create(
+            &Api::namespaced(ns.client().clone(), ns.name()),
+            &self.build(),
+        )
+        .await
+    }
+}
+
+/// A Job's condition `Complete` or `Failed` that is `True`, if any.
+pub fn job_finished(job: &BatchJob) -> Option<&str> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        .map(|c| c.type_.as_str())
+}
+
+/// Waits until the Job controller has completed or failed Job `name` ([`job_finished`]).
+pub async fn wait_job_finished(ns: &TestNamespace, name: &str) -> BatchJob {
+    let jobs: Api<BatchJob> = Api::namespaced(ns.client().clone(), ns.name());
+    wait_for(&jobs, name, "condition Complete or Failed", |j| {
+        j.is_some_and(|j| job_finished(j).is_some())
+    })
+    .await
+    .expect("Job exists")
+}
+
+// ------------------------------------------------------------------------------------------
 // PodDisruptionBudget
 
 /// A PodDisruptionBudget over the pods labelled `key=value`, with `maxUnavailable: 0` unless
@@ -572,6 +777,62 @@ mod tests {
             .map(|v| v.persistent_volume_claim.unwrap().claim_name)
             .collect();
         assert_eq!(claims, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_host_path_provisioned_class_binds_at_once() {
+        let class = Class::new("b").host_path_provisioner();
+        assert_eq!(class.provisioner, HOST_PATH_PROVISIONER);
+        assert_eq!(class.binding_mode, "Immediate");
+        assert_eq!(class.reclaim_policy, "Delete");
+    }
+
+    #[test]
+    fn a_claim_job_mounts_its_claims_and_splits_the_command() {
+        let job = ClaimJob::new("copy", "img:1")
+            .command(&["/bin/x", "--from", "/source"])
+            .mount_read_only("a", "/source")
+            .mount("b", "/target")
+            .run_as(0, 0)
+            .capabilities(&["ALL"], &["CHOWN"])
+            .build();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let c = &pod.containers[0];
+        assert_eq!(c.command.as_deref(), Some(&["/bin/x".to_string()][..]));
+        assert_eq!(c.args.clone().unwrap(), ["--from", "/source"]);
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.name, m.mount_path, m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("claim-0".into(), "/source".into(), Some(true)),
+                ("claim-1".into(), "/target".into(), Some(false))
+            ]
+        );
+        let claims: Vec<_> = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.name, v.persistent_volume_claim.unwrap().claim_name))
+            .collect();
+        assert_eq!(
+            claims,
+            [
+                ("claim-0".into(), "a".into()),
+                ("claim-1".into(), "b".into())
+            ]
+        );
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (Some(0), Some(0)));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop.unwrap(), ["ALL"]);
+        assert_eq!(caps.add.unwrap(), ["CHOWN"]);
     }
 
     #[test]

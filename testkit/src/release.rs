@@ -40,6 +40,10 @@ pub fn image_tag() -> String {
 pub const HELM_TIMEOUT: &str = "90s";
 /// The image the hook pod runs, as scripts/build-image.sh names it.
 pub const IMAGE_REPOSITORY: &str = "localhost/storageclass-migrate";
+/// The image scripts/build-image.sh builds, by name: `<IMAGE_REPOSITORY>:<image_tag()>`.
+pub fn image() -> String {
+    format!("{IMAGE_REPOSITORY}:{}", image_tag())
+}
 /// The image standing for the script's kubectl image; its command runs on the host.
 pub const KUBECTL_IMAGE: &str = "bitnami/kubectl";
 /// The release name of every test: the claim is `rel-data`, the hook Job
