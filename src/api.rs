@@ -127,6 +127,7 @@ impl Cluster {
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
+                    group: Some(api_group(request.resource).to_owned()),
                     verb: Some(request.verb.to_owned()),
                     resource: Some(request.resource.to_owned()),
                     namespace: request.namespace.clone(),
@@ -173,6 +174,17 @@ impl Cluster {
         Request::new(verb, "persistentvolumeclaims")
             .name(name)
             .namespace(&self.namespace)
+    }
+}
+
+/// The API group of a resource the binary asks about.
+fn api_group(resource: &str) -> &'static str {
+    match resource {
+        "jobs" => "batch",
+        "poddisruptionbudgets" => "policy",
+        "storageclasses" => "storage.k8s.io",
+        "selfsubjectaccessreviews" => "authorization.k8s.io",
+        _ => "",
     }
 }
 

@@ -1074,26 +1074,21 @@ enum Rebind {
 }
 
 /// Binds the volume of `data` to a new claim `thief`; returns the new claim's uid once bound.
-async fn rebind(fx: &Fixture, how: Rebind) -> String {
-    let pvs = fx.pvs();
-    if let Rebind::BeforeTheLastRead = how {
-        let clear = json!({"spec": {"claimRef": null}});
-        pvs.patch(&fx.pv, &PatchParams::default(), &Patch::Merge(&clear))
-            .await
-            .expect("clearing the claimRef");
-    }
+async fn rebind(fx: &Fixture) -> String {
+    // The thief names the volume first, then the volume's claimRef is pointed at it in one
+    // patch: a claimRef cleared on its own would race the binder, which rebinds a volume whose
+    // claim (still there, or not yet seen gone) names it.
     let thief = fx.claim("thief").volume(&fx.pv).create(fx).await;
     let uid = thief.uid().unwrap();
-    if let Rebind::BeforeTheSwitch = how {
-        let claim_ref = json!({"spec": {"claimRef": {
-            "kind": "PersistentVolumeClaim", "apiVersion": "v1",
-            "namespace": fx.name(), "name": "thief", "uid": uid,
-        }}});
-        pvs.patch(&fx.pv, &PatchParams::default(), &Patch::Merge(&claim_ref))
-            .await
-            .expect("pointing the claimRef at the new claim");
-    }
-    wait_for(&pvs, &fx.pv, "binding to the new claim", |pv| {
+    let claim_ref = json!({"spec": {"claimRef": {
+        "kind": "PersistentVolumeClaim", "apiVersion": "v1",
+        "namespace": fx.name(), "name": "thief", "uid": uid, "resourceVersion": null,
+    }}});
+    fx.pvs()
+        .patch(&fx.pv, &PatchParams::default(), &Patch::Merge(&claim_ref))
+        .await
+        .expect("pointing the claimRef at the new claim");
+    wait_for(&fx.pvs(), &fx.pv, "binding to the new claim", |pv| {
         pv.is_some_and(|pv| claim_ref_uid(pv) == Some(&uid) && pv_phase(pv) == Some("Bound"))
     })
     .await;
@@ -1125,7 +1120,7 @@ async fn a_volume_rebound_during_the_run_is_not_touched() {
 
             let binary = fx.job(&[DELETE_PV]).kubeconfig(p.kubeconfig()).spawn();
             gate.arrived(GATE_TIMEOUT).await;
-            let uid = rebind(&fx, how).await;
+            let uid = rebind(&fx).await;
             gate.release();
 
             // Planned on the first read; the second is the pre-flight's, which checks again.
