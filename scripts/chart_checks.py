@@ -427,7 +427,8 @@ def volume_writes_only_with_the_two_flags(h):
                   "(deleteRetainedPV lets the provisioner delete)")
 
 
-COPY_ENV = ("COPY_IMAGE", "COPY_AS_USER", "COPY_VERIFY", "DELETE_OLD_VOLUME")
+COPY_ENV = ("COPY_IMAGE", "COPY_IMAGE_PULL_SECRETS", "COPY_AS_USER", "COPY_VERIFY",
+            "DELETE_OLD_VOLUME")
 
 
 @check
@@ -449,6 +450,7 @@ def data_copy_renders_its_env_and_rules(h):
     expect_eq(e["COPY_IMAGE"], container(job)["image"], "COPY_IMAGE: the hook's own image")
     expect_eq((e["COPY_VERIFY"], e["DELETE_OLD_VOLUME"]), ("true", "false"), "copy defaults")
     expect("COPY_AS_USER" not in e, "no COPY_AS_USER by default (root with four capabilities)")
+    expect("COPY_IMAGE_PULL_SECRETS" not in e, "no COPY_IMAGE_PULL_SECRETS without pull secrets")
     check_rules(docs, data="copy", claims=["rel-data"])
     check_needs(granted_verbs(docs), needed_verbs(data="copy"), "data: copy")
     for verb, group, resource, name in copy_preflight_asks("rel-data"):
@@ -466,9 +468,13 @@ def data_copy_renders_its_env_and_rules(h):
         "--set", f"storageclassMigrate.image.digest={digest}",
         "--set", "storageclassMigrate.copy.asUser=1000",
         "--set", "storageclassMigrate.copy.verify=false",
-        "--set", "storageclassMigrate.copy.deleteOldVolume=true"])
+        "--set", "storageclassMigrate.copy.deleteOldVolume=true",
+        "--set", "storageclassMigrate.imagePullSecrets[0]=regcred",
+        "--set", "storageclassMigrate.imagePullSecrets[1].name=mirror"])
     job = one(docs, "Job")
     e = env_of(job)
+    expect_eq(e["COPY_IMAGE_PULL_SECRETS"], "regcred,mirror",
+              "COPY_IMAGE_PULL_SECRETS: the hook's own pull secrets")
     expect_eq(e["COPY_IMAGE"], f"registry.example.com/tools/scm:0.1.0@{digest}", "COPY_IMAGE")
     expect_eq(e["COPY_IMAGE"], container(job)["image"], "COPY_IMAGE: the hook's own image")
     expect_eq((e["COPY_AS_USER"], e["COPY_VERIFY"], e["DELETE_OLD_VOLUME"]),

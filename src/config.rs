@@ -87,6 +87,10 @@ pub struct Args {
     #[arg(long, env = "COPY_AS_USER", value_name = "UID", value_parser = clap::value_parser!(i64).range(1..=2147483647))]
     pub copy_as_user: Option<i64>,
 
+    /// With --data copy: Secrets (comma-separated names) the copy pod pulls its image with
+    #[arg(long, env = "COPY_IMAGE_PULL_SECRETS", value_name = "NAME[,NAME...]")]
+    pub copy_image_pull_secrets: Option<String>,
+
     /// With --data copy: verify the copy (sizes and a content hash) before the claim moves to it
     #[arg(long, env = "COPY_VERIFY", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "true")]
     pub copy_verify: bool,
@@ -254,6 +258,7 @@ pub struct Policies {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopySettings {
     pub image: String,
+    pub image_pull_secrets: Vec<String>,
     /// None: root with the capabilities the copy needs.
     pub as_user: Option<i64>,
     pub verify: bool,
@@ -352,6 +357,10 @@ impl Args {
             let copy_only = [
                 (self.copy_image.is_some(), "COPY_IMAGE"),
                 (self.copy_as_user.is_some(), "COPY_AS_USER"),
+                (
+                    self.copy_image_pull_secrets.is_some(),
+                    "COPY_IMAGE_PULL_SECRETS",
+                ),
                 (self.delete_old_volume, "DELETE_OLD_VOLUME"),
             ];
             if let Some((_, name)) = copy_only.iter().find(|(set, _)| *set) {
@@ -377,8 +386,16 @@ impl Args {
                 "copy image {image:?} contains spaces"
             )));
         }
+        let mut image_pull_secrets = Vec::new();
+        if let Some(names) = non_empty(self.copy_image_pull_secrets.as_deref()) {
+            for name in names.split(',') {
+                validate::dns_subdomain("image pull secret", name).map_err(Error::Input)?;
+                image_pull_secrets.push(name.to_owned());
+            }
+        }
         Ok(Some(CopySettings {
             image,
+            image_pull_secrets,
             as_user: self.copy_as_user,
             verify: self.copy_verify,
             delete_old_volume: self.delete_old_volume,
@@ -547,6 +564,54 @@ mod tests {
         let args = parse(&["--pvc", "data", "--storage-class", "fast"]).unwrap();
         assert!(args.command.is_none());
         assert_eq!(args.pvc.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn data_copy_settings() {
+        let config = |v: &[&str]| parse(&[&["--pvc", "a"], v].concat()).unwrap().config();
+        assert_eq!(config(&[]).unwrap().copy, None);
+        let copy = config(&[
+            "--data",
+            "copy",
+            "--copy-image",
+            "img:1",
+            "--copy-image-pull-secrets",
+            "a,b",
+            "--copy-as-user",
+            "1000",
+        ])
+        .unwrap()
+        .copy
+        .unwrap();
+        assert_eq!(copy.image, "img:1");
+        assert_eq!(copy.image_pull_secrets, ["a", "b"]);
+        assert_eq!(copy.as_user, Some(1000));
+        assert!(copy.verify && !copy.delete_old_volume);
+        let bad = |v: &[&str]| config(v).unwrap_err().to_string();
+        assert!(bad(&["--data", "copy"]).contains("COPY_IMAGE"));
+        assert!(bad(&["--copy-image", "img:1"]).contains("only with DATA_POLICY=copy"));
+        assert!(
+            bad(&[
+                "--data",
+                "copy",
+                "--copy-image",
+                "i",
+                "--delete-retained-pv"
+            ])
+            .contains("cannot be combined")
+        );
+        assert!(
+            bad(&[
+                "--data",
+                "copy",
+                "--copy-image",
+                "i",
+                "--copy-image-pull-secrets",
+                "a,"
+            ])
+            .contains("image pull secret")
+        );
+        assert!(parse(&["--copy-as-user", "0"]).is_err());
     }
 
     #[test]

@@ -264,6 +264,37 @@ async fn restricted_pod_security_refuses_a_root_copy_and_takes_a_user_copy() {
     s.c.assert_untouched(&s.claim, &s.pv).await;
 }
 
+/// A copy that fails (here: as a user that may not write the new volume, which the host-path
+/// provisioner makes root's, mode 0750) stops the run part-way with the copy's own error; the
+/// old data stays on the Retain volume, and a rerun (as root) finishes the migration.
+#[tokio::test]
+async fn a_failed_copy_stops_part_way_keeping_the_old_data_and_a_rerun_finishes() {
+    require_root!();
+    let s = Scene::new("keep-fail").await;
+    let run = s.migrate(&[("COPY_AS_USER", "1000")]).await;
+    let o = run.expect_error(
+        6,
+        "part-way",
+        &["the copy Job data-migrate-copy failed", "/target"],
+    );
+    assert!(
+        o.has_done("claim-gone") && !o.has_done("data-copied"),
+        "{run}"
+    );
+    assert!(read(&s.c.claims(), "data").await.is_none());
+    let old = get(&s.c.pvs(), &s.pv.name_any()).await;
+    assert_eq!(reclaim_policy(&old), "Retain");
+    assert!(s.data.join("docs/readme.txt").exists());
+
+    let rerun = s.migrate(&[]).await;
+    let o = rerun.expect_result(0, "finished");
+    assert!(
+        o.has_found("copy-record") && o.has_done("data-copied"),
+        "{rerun}"
+    );
+    s.assert_moved().await;
+}
+
 #[tokio::test]
 async fn bad_copy_settings_are_bad_input() {
     let c = Cluster::new("keep-input").await;

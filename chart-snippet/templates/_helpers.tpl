@@ -296,6 +296,15 @@ report). The deadline must leave room for the two waits of one claim (claim gone
 {{- $_ = set $out "jobWeight" (int64 $s.hookWeight) -}}
 {{- end -}}
 
+{{- /* secretNames LIST: the names of a list of {name: ...}, joined by commas. */ -}}
+{{- define "storageclass-migrate.secretNames" -}}
+{{- $names := list -}}
+{{- range . -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}
+
 {{- /* labels STATE: labels of every object of the hook. */ -}}
 {{- define "storageclass-migrate.labels" -}}
 app.kubernetes.io/name: storageclass-migrate

@@ -225,6 +225,10 @@ spec:
             {{- if eq $s.data "copy" }}
             - name: COPY_IMAGE
               value: {{ .image | quote }}
+            {{- with .imagePullSecrets }}
+            - name: COPY_IMAGE_PULL_SECRETS
+              value: {{ include "storageclass-migrate.secretNames" . | quote }}
+            {{- end }}
             {{- if not (kindIs "invalid" $s.copy.asUser) }}
             - name: COPY_AS_USER
               value: {{ int64 $s.copy.asUser | toString | quote }}

@@ -4,11 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, LocalObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    PodTemplateSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -292,11 +295,22 @@ impl Record {
             }),
             spec: Some(PodSpec {
                 restart_policy: Some("Never".into()),
+                image_pull_secrets: Some(
+                    settings
+                        .image_pull_secrets
+                        .iter()
+                        .map(|name| LocalObjectReference { name: name.clone() })
+                        .collect(),
+                )
+                .filter(|s: &Vec<_>| !s.is_empty()),
                 automount_service_account_token: Some(false),
                 security_context: Some(PodSecurityContext {
                     run_as_user: Some(settings.as_user.unwrap_or(0)),
                     run_as_group: Some(settings.as_user.unwrap_or(0)),
                     run_as_non_root: Some(settings.as_user.is_some()),
+                    // As that user, the new volume must be writable: where the driver supports
+                    // it, the kubelet gives the volume to this group.
+                    fs_group: settings.as_user,
                     seccomp_profile: Some(SeccompProfile {
                         type_: "RuntimeDefault".into(),
                         ..Default::default()
@@ -333,13 +347,26 @@ impl Record {
         }
     }
 
-    /// The Job that runs [`Record::copy_pod`], retried twice (a rerun of the copy skips what is
-    /// already identical), stopped after `deadline_seconds`.
+    /// The Job that runs [`Record::copy_pod`], stopped after `deadline_seconds`. A copy that
+    /// could not copy everything (exit 7) is retried once, which copies only what is not yet
+    /// identical; bad input or an internal error (exit 1, 2) would fail again, and fails the Job.
     pub fn copy_job(&self, settings: &CopySettings, deadline_seconds: i64) -> Job {
+        let fail_job = PodFailurePolicyRule {
+            action: "FailJob".into(),
+            on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                container_name: Some("copy".into()),
+                operator: "In".into(),
+                values: vec![1, 2],
+            }),
+            ..Default::default()
+        };
         Job {
             metadata: self.meta(self.job_name()),
             spec: Some(JobSpec {
-                backoff_limit: Some(2),
+                backoff_limit: Some(1),
+                pod_failure_policy: Some(PodFailurePolicy {
+                    rules: vec![fail_job],
+                }),
                 active_deadline_seconds: Some(deadline_seconds.max(1)),
                 template: self.copy_pod(settings),
                 ..Default::default()
@@ -434,6 +461,7 @@ mod tests {
     fn settings(as_user: Option<i64>) -> CopySettings {
         CopySettings {
             image: "registry.example/storageclass-migrate:1".into(),
+            image_pull_secrets: vec!["regcred".into()],
             as_user,
             verify: true,
             delete_old_volume: false,
@@ -549,6 +577,25 @@ mod tests {
         assert_eq!(add.unwrap(), ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]);
         let (user, non_root, add) = caps(settings(Some(1000)));
         assert_eq!((user, non_root, add), (Some(1000), Some(true), None));
+    }
+
+    #[test]
+    fn the_copy_job_pulls_with_the_hooks_secrets_and_fails_at_once_on_bad_input() {
+        let record = record(
+            &claim(None),
+            &volume(),
+            &target(),
+            Some(&class("csi.example")),
+        )
+        .unwrap();
+        let spec = record.copy_job(&settings(None), 60).spec.unwrap();
+        let secrets = spec.template.spec.unwrap().image_pull_secrets.unwrap();
+        assert_eq!(secrets[0].name, "regcred");
+        let rule = &spec.pod_failure_policy.unwrap().rules[0];
+        assert_eq!(rule.action, "FailJob");
+        assert_eq!(rule.on_exit_codes.as_ref().unwrap().values, [1, 2]);
+        assert_eq!(spec.backoff_limit, Some(1));
+        assert_eq!(spec.active_deadline_seconds, Some(60));
     }
 
     #[test]
