@@ -200,6 +200,56 @@ async fn the_claim_moves_to_class_b_with_its_data() {
     again.expect_result(0, "nothing-to-do");
 }
 
+/// A 1 GiB file and 100,000 small files (1 to 16 KiB, in 100 directories) move whole.
+#[tokio::test]
+async fn a_large_file_and_many_small_files_move_whole() {
+    require_root!();
+    let s = Scene::new("keep-large").await;
+    let data = s.data.clone();
+    tokio::task::spawn_blocking(move || write_large_tree(&data))
+        .await
+        .unwrap();
+    let run = s.migrate(&[]).await;
+    let o = run.expect_result(0, "migrated");
+    let copied = &o
+        .done
+        .iter()
+        .find(|i| i.kind == "data-copied")
+        .unwrap()
+        .text;
+    assert!(copied.contains("0 errors"), "{copied}");
+    let new = s.assert_moved().await;
+    let big = host_path(&new).join("large/one-gib.bin");
+    assert_eq!(std::fs::metadata(big).unwrap().len(), 1 << 30);
+}
+
+/// Writes `large/one-gib.bin` (1 GiB, every 4 KiB block different) and `small/NN/NNNNN` (100,000
+/// files of 1 to 16 KiB) below `dir`.
+fn write_large_tree(dir: &std::path::Path) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir.join("large")).unwrap();
+    let file = std::fs::File::create(dir.join("large/one-gib.bin")).unwrap();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut block = [0u8; 4096];
+    for i in 0u64..(1 << 18) {
+        for (j, chunk) in block.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&(i * 512 + j as u64).to_le_bytes());
+        }
+        out.write_all(&block).unwrap();
+    }
+    out.flush().unwrap();
+    for d in 0..100 {
+        let sub = dir.join(format!("small/{d:02}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..1000 {
+            let n = d * 1000 + f;
+            let len = 1024 + (n * 7919) % (15 * 1024);
+            let byte = (n % 251) as u8;
+            std::fs::write(sub.join(format!("{n:05}")), vec![byte; len]).unwrap();
+        }
+    }
+}
+
 #[tokio::test]
 async fn with_delete_old_volume_the_old_volume_goes_to_its_provisioner() {
     require_root!();
