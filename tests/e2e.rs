@@ -19,16 +19,20 @@
 //! hook pod prints its outcome as JSON (`SUMMARY_FORMAT=json` through the chart's `extraEnv`);
 //! the termination message keeps the human lines, which two tests pin.
 //! `STORAGECLASS_MIGRATE_HOOK_RUNNER=binary` runs the host binary instead of the image.
+//!
+//! Helm 3 runs every test, but for `data: copy` (section 9), which runs once with Helm 3 and
+//! once with Helm 4 (`HELM_MODULE=helm4 scripts/build-helm.sh`).
 
-use std::{sync::Arc, time::Duration};
+use std::{fs, io::Read, os::unix::fs::MetadataExt, path::Path, sync::Arc, time::Duration};
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use testkit::helm::HelmOut;
+use testkit::files::{chmod, chown, data_dir, is_root};
+use testkit::helm::{Helm, HelmOut};
 use testkit::hook_runner::{How, Rendezvous, RunnerOpts};
 use testkit::prelude::*;
-use testkit::release::{CLAIM, Hook, JOB, Release, skip_without_script};
+use testkit::release::{CLAIM, Hook, JOB, Release, ReleaseOpts, skip_without_script};
 
 /// A Retain volume `<ns>-<suffix>` on `class`.
 fn retained(suffix: &str, class: &str) -> Volume {
@@ -704,4 +708,237 @@ async fn script_provisioner_finalizer_fails_after_60s_with_the_claim_gone() {
     );
     assert_eq!(s.release_status().await, "failed");
     release_volume(&s, &name).await;
+}
+
+// ------------------------------------------------------------------------------------------
+// (9) data: copy, with Helm 3 and with Helm 4
+
+const MIGRATED_FROM: &str = "storageclass-migrate/migrated-from";
+/// The file the test writes into the volume on class A: its name, size, owner and mode.
+const PAYLOAD: &str = "payload.bin";
+const PAYLOAD_SIZE: usize = 45_321;
+const PAYLOAD_OWNER: (u32, u32) = (4321, 4322);
+const PAYLOAD_MODE: u32 = 0o640;
+
+/// `size` random bytes.
+fn random_bytes(size: usize) -> Vec<u8> {
+    let mut bytes = vec![0; size];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    bytes
+}
+
+/// Asserts that `dir` holds the payload: the same bytes, owner and mode.
+fn assert_payload(dir: &Path, bytes: &[u8], what: &str) {
+    let path = dir.join(PAYLOAD);
+    let meta = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{what}: {path:?}: {e}"));
+    assert!(meta.is_file(), "{what}: {path:?} is not a file");
+    assert!(
+        fs::read(&path).unwrap() == bytes,
+        "{what}: {path:?}: other bytes"
+    );
+    assert_eq!((meta.uid(), meta.gid()), PAYLOAD_OWNER, "{what}: owner");
+    assert_eq!(meta.mode() & 0o7777, PAYLOAD_MODE, "{what}: mode");
+}
+
+fn reclaim_policy(pv: &PersistentVolume) -> &str {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        .unwrap_or_default()
+}
+
+/// The field managers of an object with their operations, e.g. `helm (Apply)`.
+fn managers(claim: &PersistentVolumeClaim) -> Vec<String> {
+    claim
+        .managed_fields()
+        .iter()
+        .map(|m| {
+            format!(
+                "{} ({})",
+                m.manager.as_deref().unwrap_or_default(),
+                m.operation.as_deref().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Installs with the claim on class A, bound to a volume whose directory on this host holds a
+/// file (random bytes, another owner, mode 0640); upgrades to class B (host-path provisioned)
+/// with `data: copy`; then upgrades again without a change, then rolls back to the revision on
+/// class A. The same with either helm.
+async fn data_copy_through_helm(helm: Helm) {
+    if !is_root() {
+        eprintln!("skipped: this test needs root (the file belongs to another user)");
+        return;
+    }
+    let s = Release::with(
+        &format!("e2e-copy-helm{}", helm.major()),
+        ReleaseOpts {
+            helm,
+            class_b: Class::new("b").host_path_provisioner(),
+            // The hook waits for the copy Job, whose pod the runner runs in the image too.
+            timeout: "3m".into(),
+            ..ReleaseOpts::default()
+        },
+    )
+    .await;
+    // Class A's volume is a directory of this host; Delete, as a provisioner would leave it:
+    // the hook switches it to Retain before the claim goes.
+    let old_dir = data_dir(&s.scoped("old"));
+    let pv_a = Volume::host_path("pv-a")
+        .class(&s.a)
+        .reclaim("Delete")
+        .reserved_for(s.name(), CLAIM)
+        .at(&old_dir)
+        .create(&s)
+        .await;
+    let before = s.install(Some(&s.a)).await;
+    assert_eq!(volume_name(&before), Some(pv_a.name_any().as_str()));
+    let revision_a = s.revision().await;
+
+    let payload = random_bytes(PAYLOAD_SIZE);
+    let file = old_dir.join(PAYLOAD);
+    fs::write(&file, &payload).unwrap();
+    chown(&file, PAYLOAD_OWNER.0, PAYLOAD_OWNER.1);
+    chmod(&file, PAYLOAD_MODE);
+
+    // The upgrade to class B keeps the data.
+    let after = s
+        .upgrade_ok(&s.b, &[("storageclassMigrate.data", "copy")])
+        .await;
+    let run = s.last_run(0);
+    let o = run.outcome();
+    assert_eq!(o.result, "migrated", "{run}");
+    for kind in [
+        "volume-retained",
+        "claim-deleted",
+        "data-copied",
+        "claim-recreated",
+    ] {
+        assert!(o.has_done(kind), "{kind} not done\n{run}");
+    }
+    assert_eq!(
+        o.left_names("volume-kept"),
+        [pv_a.name_any().as_str()],
+        "{run}"
+    );
+    let copy_pods: Vec<_> = s
+        .runner
+        .runs()
+        .into_iter()
+        .filter(|r| r.job.as_deref() == Some("rel-data-migrate-copy"))
+        .collect();
+    assert!(
+        copy_pods.len() == 1 && copy_pods[0].exit_code == 0,
+        "the copy Job's pod ran once and succeeded\n{}",
+        s.runner.report()
+    );
+    assert_eq!(s.release_status().await, "deployed");
+
+    assert_ne!(after.uid(), before.uid(), "the claim was made again");
+    assert_eq!(claim_class(&after), Some(s.b.as_str()));
+    assert_eq!(
+        after.annotations().get(MIGRATED_FROM),
+        before.uid().as_ref(),
+        "{:?}",
+        after.annotations()
+    );
+    for key in [
+        "meta.helm.sh/release-name",
+        "meta.helm.sh/release-namespace",
+    ] {
+        assert_eq!(
+            after.annotations().get(key),
+            before.annotations().get(key),
+            "{key}"
+        );
+    }
+    assert_eq!(after.labels(), before.labels());
+    let pv_b = get(&s.pvs(), volume_name(&after).expect("bound")).await;
+    assert_eq!(
+        pv_b.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some(s.b.as_str())
+    );
+    let new_dir = volume_dir(&pv_b).expect("a host-path volume");
+    assert!(new_dir.starts_with("/tmp/hostpath_pv"), "{new_dir:?}");
+    assert_payload(&new_dir, &payload, "the copy on class B");
+    // The old volume is kept, Retain, with the data.
+    let old = s
+        .pv(&pv_a.name_any())
+        .await
+        .expect("the old volume is kept");
+    assert_eq!(old.uid(), pv_a.uid());
+    assert_eq!(reclaim_policy(&old), "Retain");
+    assert_payload(&old_dir, &payload, "the old volume");
+    s.expect_hook_objects_gone().await;
+
+    // Helm adopted the claim the hook made: an upgrade without a change keeps it (Helm 3's
+    // three-way patch changes nothing; Helm 4's server-side apply meets no conflict).
+    let out = s.helm("upgrade", &[], true).await;
+    s.expect_ok(&out);
+    let run = s.last_run(0);
+    assert_eq!(run.outcome().result, "nothing-to-do", "{run}");
+    let adopted = s.claim().await.expect("the claim is there");
+    assert_eq!(adopted.uid(), after.uid(), "the claim was kept");
+    assert_eq!(volume_name(&adopted), Some(pv_b.name_any().as_str()));
+    if helm == Helm::V4 {
+        assert!(
+            managers(&adopted).iter().any(|m| m == "helm (Apply)"),
+            "Helm 4 applied the claim server-side: {:?}",
+            managers(&adopted)
+        );
+    }
+    assert_eq!(s.release_status().await, "deployed");
+
+    // Rollback to the revision on class A. Helm 3 patches the claim back to class A, which the
+    // apiserver refuses: the class is immutable. Helm 4 applies it server-side, and the apply
+    // conflicts first: the class is also the field of the hook, which made the claim; with
+    // --force-conflicts it reaches the same immutable field. Either way the claim stays on
+    // class B with the data, and the old volume is still there.
+    let immutable = "spec is immutable after creation";
+    if helm == Helm::V4 {
+        let out = s.rollback(revision_a, &[]).await;
+        s.expect_failed(&out);
+        assert!(
+            out.stderr.contains("Apply failed with 1 conflict")
+                && out.stderr.contains("using v1: .spec.storageClassName")
+                && !out.stderr.contains(immutable),
+            "helm 4 does not say the apply conflicts on the class\n{out}"
+        );
+        assert_eq!(s.release_status().await, "failed");
+    }
+    let flags: &[&str] = match helm {
+        Helm::V3 => &[],
+        Helm::V4 => &["--force-conflicts"],
+    };
+    let out = s.rollback(revision_a, flags).await;
+    s.expect_failed(&out);
+    assert!(
+        out.stderr.contains(immutable),
+        "helm does not say the claim is immutable\n{out}"
+    );
+    assert_eq!(s.release_status().await, "failed");
+    let kept = s.claim().await.expect("the claim is there");
+    assert_eq!(kept.uid(), after.uid());
+    assert_eq!(claim_class(&kept), Some(s.b.as_str()));
+    assert_eq!(volume_name(&kept), Some(pv_b.name_any().as_str()));
+    assert_payload(&new_dir, &payload, "the copy on class B after the rollback");
+    let old = s
+        .pv(&pv_a.name_any())
+        .await
+        .expect("the old volume is kept");
+    assert_eq!(reclaim_policy(&old), "Retain");
+    assert_payload(&old_dir, &payload, "the old volume after the rollback");
+}
+
+#[tokio::test]
+async fn data_copy_keeps_the_file_through_helm_3() {
+    data_copy_through_helm(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn data_copy_keeps_the_file_through_helm_4() {
+    data_copy_through_helm(Helm::V4).await;
 }

@@ -1,8 +1,12 @@
-//! helm (built by `scripts/build-helm.sh`) and the charts, prepared once per test process: a copy
-//! of `chart-snippet/` and `examples/app` under `target/tmp/e2e-<pid>/` with the app's dependency
-//! built there (the work tree is not touched), and, when `STORAGECLASS_MIGRATE_SCRIPT` names the
-//! kubectl script that storageclass-migrate replaces, the same app with that script as its hook
-//! (`testkit/charts/script-hook.yaml`).
+//! helm (built by `scripts/build-helm.sh`: Helm 3, and Helm 4 when a test asks for it) and the
+//! charts, prepared once per test process: a copy of `chart-snippet/` and `examples/app` under
+//! `target/tmp/e2e-<pid>/` with the app's dependency built there (the work tree is not touched),
+//! and, when `STORAGECLASS_MIGRATE_SCRIPT` names the kubectl script that storageclass-migrate
+//! replaces, the same app with that script as its hook (`testkit/charts/script-hook.yaml`).
+//!
+//! Both majors run the same chart copies; each has its own `HELM_*_HOME` directories
+//! ([`Charts::home`]). Helm 4 applies with server-side apply (its `--server-side auto` follows the
+//! release's install), Helm 3 with its three-way merge patch.
 
 use std::{
     fmt, fs,
@@ -20,12 +24,81 @@ pub const SCRIPT_ENV: &str = "STORAGECLASS_MIGRATE_SCRIPT";
 /// A helm call still running after this is killed and fails the test.
 pub const HELM_KILL: Duration = Duration::from_secs(150);
 
-/// helm and the charts.
+/// Which helm runs a command: both are built from the modules pinned in `tools/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Helm {
+    /// Helm 3 (`tools/helm`): the default of every [`crate::release::Release`].
+    V3,
+    /// Helm 4 (`tools/helm4`, `HELM_MODULE=helm4 scripts/build-helm.sh`).
+    V4,
+}
+
+impl Helm {
+    /// The major version, 3 or 4.
+    pub fn major(self) -> u32 {
+        match self {
+            Helm::V3 => 3,
+            Helm::V4 => 4,
+        }
+    }
+
+    /// The directory below `tools/` of its Go module, as `HELM_MODULE` names it.
+    fn module(self) -> &'static str {
+        match self {
+            Helm::V3 => "helm",
+            Helm::V4 => "helm4",
+        }
+    }
+
+    /// The helm binary, built (or found in the cache) by `scripts/build-helm.sh` on the first
+    /// call of this test process.
+    pub fn path(self) -> &'static Path {
+        static PATHS: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+        PATHS[self as usize]
+            .get_or_init(|| build_helm(self).unwrap_or_else(|e| panic!("building {self}: {e}")))
+    }
+}
+
+impl fmt::Display for Helm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "helm {}", self.major())
+    }
+}
+
+/// Runs `scripts/build-helm.sh` for `helm`'s module; returns the path it prints.
+fn build_helm(helm: Helm) -> Result<PathBuf, String> {
+    let out = Command::new(repo_root().join("scripts/build-helm.sh"))
+        .env("HELM_MODULE", helm.module())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("scripts/build-helm.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "HELM_MODULE={} scripts/build-helm.sh failed:\n{}",
+            helm.module(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let path = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim(),
+    );
+    if !path.is_file() {
+        return Err(format!(
+            "scripts/build-helm.sh printed {path:?}, not a file"
+        ));
+    }
+    Ok(path)
+}
+
+/// The charts, and where helm keeps its files.
 #[derive(Debug)]
 pub struct Charts {
-    pub helm: PathBuf,
-    /// HELM_CONFIG_HOME, HELM_CACHE_HOME and HELM_DATA_HOME live here.
-    pub home: PathBuf,
+    /// Below it, one directory per major ([`Charts::home`]).
+    pub base: PathBuf,
     /// A copy of examples/app with its dependency built.
     pub app: PathBuf,
     /// The same chart with the kubectl script as its hook, if [`SCRIPT_ENV`] names a script.
@@ -68,24 +141,6 @@ fn prepare_charts() -> Result<Charts, String> {
     let base = tmp.join(format!("e2e-{}", std::process::id()));
     let _ = fs::remove_dir_all(&base);
 
-    let out = Command::new(root.join("scripts/build-helm.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("scripts/build-helm.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "scripts/build-helm.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let helm = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
-
     // The library chart and the app side by side, as in the repository (the app's dependency is
     // file://../../chart-snippet); the app's charts/ is rebuilt from the library.
     copy_dir(&root.join("chart-snippet"), &base.join("chart-snippet"))?;
@@ -93,12 +148,15 @@ fn prepare_charts() -> Result<Charts, String> {
     copy_dir(&root.join("examples/app"), &app)?;
     let _ = fs::remove_dir_all(app.join("charts"));
     let charts = Charts {
-        helm,
-        home: base.join("helm"),
+        base: base.clone(),
         app: app.clone(),
         script_app: None,
     };
-    let out = charts.run_blocking(&["dependency", "build", &app.display().to_string()]);
+    // Helm 3 builds the dependency; both majors read the result.
+    let out = charts.run_blocking(
+        Helm::V3,
+        &["dependency", "build", &app.display().to_string()],
+    );
     if !out.ok() {
         return Err(format!("helm dependency build: {out}"));
     }
@@ -143,6 +201,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
 /// A finished helm command.
 #[derive(Debug)]
 pub struct HelmOut {
+    pub helm: Helm,
     pub args: Vec<String>,
     pub code: Option<i32>,
     pub stdout: String,
@@ -160,7 +219,8 @@ impl fmt::Display for HelmOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "helm {} -> exit {:?} after {:.1?}\n--- stdout:\n{}--- stderr:\n{}",
+            "{} {} -> exit {:?} after {:.1?}\n--- stdout:\n{}--- stderr:\n{}",
+            self.helm,
             self.args.join(" "),
             self.code,
             self.elapsed,
@@ -171,27 +231,42 @@ impl fmt::Display for HelmOut {
 }
 
 impl Charts {
-    /// Runs helm against the control plane (admin kubeconfig); blocks.
-    pub fn run_blocking(&self, args: &[&str]) -> HelmOut {
+    /// HELM_CONFIG_HOME, HELM_CACHE_HOME and HELM_DATA_HOME of `helm` live here.
+    pub fn home(&self, helm: Helm) -> PathBuf {
+        match helm {
+            Helm::V3 => self.base.join("helm"),
+            Helm::V4 => self.base.join("helm4"),
+        }
+    }
+
+    /// Runs `helm` against the control plane (admin kubeconfig); blocks. Killed after
+    /// [`HELM_KILL`].
+    pub fn run_blocking(&self, helm: Helm, args: &[&str]) -> HelmOut {
+        self.run_blocking_within(helm, args, HELM_KILL)
+    }
+
+    /// As [`Charts::run_blocking`], killed after `kill` (longer than its `--timeout`).
+    pub fn run_blocking_within(&self, helm: Helm, args: &[&str], kill: Duration) -> HelmOut {
         let started = Instant::now();
-        let mut cmd = Command::new(&self.helm);
+        let home = self.home(helm);
+        let mut cmd = Command::new(helm.path());
         cmd.args(args)
             .arg("--kubeconfig")
             .arg(kubeconfig_path())
-            .env("HELM_CONFIG_HOME", self.home.join("config"))
-            .env("HELM_CACHE_HOME", self.home.join("cache"))
-            .env("HELM_DATA_HOME", self.home.join("data"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_DATA_HOME", home.join("data"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", self.helm.display()));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", helm.path().display()));
         let pid = child.id();
         // Kill a helm that hangs (its own --timeout should end it first).
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let watchdog = thread::spawn(move || {
-            if done_rx.recv_timeout(HELM_KILL).is_err() {
+            if done_rx.recv_timeout(kill).is_err() {
                 let _ = Command::new("kill")
                     .arg("-KILL")
                     .arg(pid.to_string())
@@ -202,6 +277,7 @@ impl Charts {
         let _ = done_tx.send(());
         let _ = watchdog.join();
         HelmOut {
+            helm,
             args: args.iter().map(|a| a.to_string()).collect(),
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -210,11 +286,12 @@ impl Charts {
         }
     }
 
-    /// Runs helm on a blocking thread, so that the test's runtime goes on meanwhile.
-    pub async fn run(&'static self, args: Vec<String>) -> HelmOut {
+    /// Runs `helm` on a blocking thread, so that the test's runtime goes on meanwhile; killed
+    /// after `kill`.
+    pub async fn run(&'static self, helm: Helm, args: Vec<String>, kill: Duration) -> HelmOut {
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            self.run_blocking(&args)
+            self.run_blocking_within(helm, &args, kill)
         })
         .await
         .expect("helm thread")

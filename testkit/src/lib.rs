@@ -15,7 +15,7 @@
 //! | [`fault_proxy`] | an HTTP proxy to the apiserver that injects faults |
 //! | [`files`] | a tree with every kind of entry, and the comparison of two trees |
 //! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |
-//! | [`helm`] | helm and the charts, prepared once per test process |
+//! | [`helm`] | helm 3 and helm 4, and the charts, prepared once per test process |
 //! | [`release`] | a release of examples/app with its hook Jobs run: the end-to-end scene |
 //! | [`rows`] | table-driven tests: every row at once, each checked on its own |
 //! | [`background`] | the stoppable background thread under the kubelet, runner and proxy |

@@ -1,7 +1,7 @@
 //! One release of `examples/app` in a namespace of its own, installed and upgraded with helm
 //! while a [`HookRunner`] runs its hook Job's pods: the scene of the end-to-end tests.
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, path::PathBuf, time::Duration};
 
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -18,7 +18,7 @@ use crate::{
     Cluster,
     api::{wait_bound, wait_deleted},
     control_plane::{ControlPlane, client},
-    helm::{HelmOut, SCRIPT_ENV, charts, script_path},
+    helm::{Helm, HelmOut, SCRIPT_ENV, charts, script_path},
     hook_runner::{HookRun, HookRunner, How, RunnerOpts, say_once},
     namespace::{keep_namespaces, on_own_runtime},
     objects::{Class, Volume},
@@ -36,8 +36,10 @@ pub fn image_tag() -> String {
         .to_owned()
 }
 
-/// Helm's `--timeout` (hooks and `--wait`).
+/// Helm's `--timeout` (hooks and `--wait`), unless [`ReleaseOpts::timeout`] says otherwise.
 pub const HELM_TIMEOUT: &str = "90s";
+/// A helm command still running this long after its `--timeout` is killed and fails the test.
+const HELM_GRACE: Duration = Duration::from_secs(60);
 /// The image the hook pod runs, as scripts/build-image.sh names it.
 pub const IMAGE_REPOSITORY: &str = "localhost/storageclass-migrate";
 /// The image scripts/build-image.sh builds, by name: `<IMAGE_REPOSITORY>:<image_tag()>`.
@@ -74,10 +76,42 @@ pub fn skip_without_script(test: &str) -> bool {
     true
 }
 
+/// What a [`Release`] is made of; `Default` is what [`Release::new`] makes: the chart with the
+/// binary as its hook, Helm 3, classes A and B without a provisioner, the default runner and
+/// [`HELM_TIMEOUT`].
+#[derive(Clone, Debug)]
+pub struct ReleaseOpts {
+    pub hook: Hook,
+    /// The helm of every command of the release (`install`, `upgrade`, `rollback`, `status`).
+    pub helm: Helm,
+    pub class_a: Class,
+    pub class_b: Class,
+    pub runner: RunnerOpts,
+    /// helm's `--timeout`, e.g. `"90s"` or `"3m"`.
+    pub timeout: String,
+}
+
+impl Default for ReleaseOpts {
+    fn default() -> Self {
+        ReleaseOpts {
+            hook: Hook::Binary,
+            helm: Helm::V3,
+            class_a: Class::new("a"),
+            class_b: Class::new("b"),
+            runner: RunnerOpts::default(),
+            timeout: HELM_TIMEOUT.into(),
+        }
+    }
+}
+
 /// One release of examples/app in a namespace of its own, with a hook runner for it and classes
 /// A and B (no provisioner, Immediate binding, unless given). Derefs to its [`Cluster`].
 pub struct Release {
     pub hook: Hook,
+    /// The helm that runs its commands.
+    pub helm: Helm,
+    /// helm's `--timeout`.
+    pub timeout: String,
     /// Stopped before the namespace goes.
     pub runner: HookRunner,
     pub c: Cluster,
@@ -100,9 +134,32 @@ impl Release {
         prefix: &str,
         hook: Hook,
         class_a: Class,
-        mut runner: RunnerOpts,
+        runner: RunnerOpts,
     ) -> Release {
-        let c = Cluster::with_classes(prefix, class_a, Class::new("b")).await;
+        Self::with(
+            prefix,
+            ReleaseOpts {
+                hook,
+                class_a,
+                runner,
+                ..ReleaseOpts::default()
+            },
+        )
+        .await
+    }
+
+    /// A release as `opts` says, e.g. with Helm 4:
+    /// `Release::with("e2e-x", ReleaseOpts { helm: Helm::V4, ..Default::default() })`.
+    pub async fn with(prefix: &str, opts: ReleaseOpts) -> Release {
+        let ReleaseOpts {
+            hook,
+            helm,
+            class_a,
+            class_b,
+            mut runner,
+            timeout,
+        } = opts;
+        let c = Cluster::with_classes(prefix, class_a, class_b).await;
         if hook == Hook::Script {
             let kubectl = ControlPlane::get()
                 .kubectl
@@ -114,6 +171,8 @@ impl Release {
         Release {
             runner: HookRunner::start(c.name(), runner),
             hook,
+            helm,
+            timeout,
             c,
         }
     }
@@ -138,7 +197,7 @@ impl Release {
             "--namespace".into(),
             self.name().into(),
             "--timeout".into(),
-            HELM_TIMEOUT.into(),
+            self.timeout.clone(),
         ];
         if verb == "upgrade" {
             args.push("--reuse-values".into());
@@ -163,7 +222,30 @@ impl Release {
             args.push("--set".into());
             args.push(format!("{k}={v}"));
         }
-        charts().run(args).await
+        self.run_helm(args).await
+    }
+
+    /// Runs the release's helm with `args`, killed [`HELM_GRACE`] after the release's timeout.
+    pub async fn run_helm(&self, args: Vec<String>) -> HelmOut {
+        let timeout = humantime::parse_duration(&self.timeout)
+            .unwrap_or_else(|e| panic!("helm timeout {:?}: {e}", self.timeout));
+        charts().run(self.helm, args, timeout + HELM_GRACE).await
+    }
+
+    /// `helm rollback` of the release to `revision`, with the release's timeout and `flags`
+    /// (e.g. Helm 4's `--force-conflicts`).
+    pub async fn rollback(&self, revision: u64, flags: &[&str]) -> HelmOut {
+        let mut args: Vec<String> = vec![
+            "rollback".into(),
+            RELEASE.into(),
+            revision.to_string(),
+            "--namespace".into(),
+            self.name().into(),
+            "--timeout".into(),
+            self.timeout.clone(),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        self.run_helm(args).await
     }
 
     /// Installs the release with its claim on `class` (`None`: class left unset) and waits
@@ -292,8 +374,21 @@ impl Release {
 
     /// The release's status as `helm status` reports it (`deployed`, `failed`, ...).
     pub async fn release_status(&self) -> String {
-        let out = charts()
-            .run(vec![
+        let v = self.status_json().await;
+        v["info"]["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The release's revision as `helm status` reports it.
+    pub async fn revision(&self) -> u64 {
+        let v = self.status_json().await;
+        v["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no version in {v}"))
+    }
+
+    async fn status_json(&self) -> Value {
+        let out = self
+            .run_helm(vec![
                 "status".into(),
                 RELEASE.into(),
                 "--namespace".into(),
@@ -303,8 +398,7 @@ impl Release {
             ])
             .await;
         assert!(out.ok(), "{out}");
-        let v: Value = serde_json::from_str(&out.stdout).expect("helm status JSON");
-        v["info"]["status"].as_str().unwrap_or_default().to_string()
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("helm status JSON: {e}\n{out}"))
     }
 
     /// `state.terminated` of the newest hook pod, read back from the API.
