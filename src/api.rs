@@ -266,6 +266,10 @@ pub fn transient(error: &kube::Error) -> bool {
     }
 }
 
+/// The field manager of every write: `managedFields` (and the conflicts of a later server-side
+/// apply, Helm 4's) name this program.
+pub const FIELD_MANAGER: &str = "storageclass-migrate";
+
 /// Attempts at a read-check-write that the API keeps answering with 409.
 const CONFLICT_ATTEMPTS: usize = 5;
 
@@ -354,6 +358,7 @@ impl Cluster {
             body["metadata"]["resourceVersion"] = json!(object.meta().resource_version);
             let params = PatchParams {
                 dry_run: mode.dry_run(),
+                field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()
             };
             let body = Patch::Merge(&body);

@@ -212,9 +212,18 @@ fn volume_gone() -> Expect {
     )
 }
 
+/// The query of a patch: every write names the binary as its field manager.
+fn patch_query(dry_run: bool) -> &'static str {
+    if dry_run {
+        "?&dryRun=All&fieldManager=storageclass-migrate"
+    } else {
+        "?&fieldManager=storageclass-migrate"
+    }
+}
+
 /// A merge patch of the volume, after the read that checks it is still the claim's.
 fn patch_volume(read: &Value, dry_run: bool, body: Value) -> [Expect; 2] {
-    let query = if dry_run { "?&dryRun=All" } else { "?" };
+    let query = patch_query(dry_run);
     [
         expect("GET", VOLUME, 200, read.clone()),
         expect("PATCH", &format!("{VOLUME}{query}"), 200, read.clone())
@@ -487,15 +496,31 @@ async fn force_strips_pvc_protection_with_a_resource_version_merge_patch_and_ret
             vec![
                 delete_claim(true, read.clone()),
                 expect("GET", CLAIM, 200, read.clone()),
-                expect("PATCH", &format!("{CLAIM}?&dryRun=All"), 200, read.clone())
-                    .body(patch("7")),
+                expect(
+                    "PATCH",
+                    &format!("{CLAIM}{}", patch_query(true)),
+                    200,
+                    read.clone(),
+                )
+                .body(patch("7")),
                 delete_claim(false, deleted.clone()),
                 expect("GET", CLAIM, 200, deleted.clone()),
-                expect("PATCH", &format!("{CLAIM}?"), 409, status(409, "Conflict"))
-                    .body(patch("8"))
-                    .content_type("application/merge-patch+json"),
+                expect(
+                    "PATCH",
+                    &format!("{CLAIM}{}", patch_query(false)),
+                    409,
+                    status(409, "Conflict"),
+                )
+                .body(patch("8"))
+                .content_type("application/merge-patch+json"),
                 expect("GET", CLAIM, 200, deleted.clone()),
-                expect("PATCH", &format!("{CLAIM}?"), 200, deleted.clone()).body(patch("8")),
+                expect(
+                    "PATCH",
+                    &format!("{CLAIM}{}", patch_query(false)),
+                    200,
+                    deleted.clone(),
+                )
+                .body(patch("8")),
                 claim_gone(),
             ],
         ]),

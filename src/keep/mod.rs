@@ -96,7 +96,7 @@ pub async fn preflight(
 ) -> Result<(), Error> {
     let dry = PostParams {
         dry_run: true,
-        ..Default::default()
+        field_manager: Some(api::FIELD_MANAGER.into()),
     };
     dry_create(
         cluster,
@@ -368,7 +368,10 @@ where
     let request = Request::new("create", resource)
         .name(&name)
         .namespace(&cluster.namespace);
-    let params = PostParams::default();
+    let params = PostParams {
+        field_manager: Some(api::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     match cluster
         .send(&request, || api.create(&params, object))
         .await?
@@ -744,7 +747,10 @@ async fn recreate_claim(
     .await?;
     let claim = record.new_claim(new_volume);
     let request = cluster.claim_request("create", &record.claim);
-    let params = PostParams::default();
+    let params = PostParams {
+        field_manager: Some(api::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     match cluster
         .send(&request, || cluster.claims.create(&params, &claim))
         .await?
