@@ -92,6 +92,9 @@ pub async fn execute(
                 format!("PV {} marked to follow the claim", volume.name),
             );
         }
+        if mode == Mode::Commit {
+            tracing::info!(claim = name, "claim deleted");
+        }
         mode.record(
             report,
             Kind::ClaimDeleted,

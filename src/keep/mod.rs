@@ -768,6 +768,7 @@ async fn recreate_claim(
         Err(e) => return Err(api::write_error(request, e)),
     }
     await_bound(cluster, &record.claim).await?;
+    info!(claim = %record.claim, volume = new_volume, class = %record.to, "claim made again, bound to the copy");
     report.done(
         Kind::ClaimRecreated,
         Some(&record.claim),
