@@ -37,7 +37,7 @@ struct Scene {
     data: PathBuf,
     xattrs: bool,
     account: ServiceAccountAccess,
-    _runner: HookRunner,
+    runner: HookRunner,
 }
 
 impl Scene {
@@ -46,6 +46,10 @@ impl Scene {
     }
 
     async fn with(prefix: &str, b: Class) -> Scene {
+        Self::with_runner(prefix, b, RunnerOpts::default()).await
+    }
+
+    async fn with_runner(prefix: &str, b: Class, runner: RunnerOpts) -> Scene {
         let c = Cluster::with_classes(prefix, Class::new("a"), b).await;
         let data = data_dir(&c.scoped("old"));
         let xattrs = every_kind(&data);
@@ -64,7 +68,7 @@ impl Scene {
             )
             .create(&c)
             .await;
-        let runner = HookRunner::start(c.name(), RunnerOpts::default());
+        let runner = HookRunner::start(c.name(), runner);
         Scene {
             c,
             claim,
@@ -72,7 +76,7 @@ impl Scene {
             data,
             xattrs,
             account,
-            _runner: runner,
+            runner,
         }
     }
 
@@ -206,9 +210,12 @@ async fn a_large_file_and_many_small_files_move_whole() {
     require_root!();
     let s = Scene::new("keep-large").await;
     let data = s.data.clone();
-    tokio::task::spawn_blocking(move || write_large_tree(&data))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        write_big_file(&data);
+        write_small_files(&data);
+    })
+    .await
+    .unwrap();
     let run = s.migrate(&[]).await;
     let o = run.expect_result(0, "migrated");
     let copied = &o
@@ -223,9 +230,41 @@ async fn a_large_file_and_many_small_files_move_whole() {
     assert_eq!(std::fs::metadata(big).unwrap().len(), 1 << 30);
 }
 
-/// Writes `large/one-gib.bin` (1 GiB, every 4 KiB block different) and `small/NN/NNNNN` (100,000
-/// files of 1 to 16 KiB) below `dir`.
-fn write_large_tree(dir: &std::path::Path) {
+/// A copy pod killed part-way (SIGKILL, as a node losing it would) is run again by its Job, and
+/// the second copy finishes what the first began: the same tree, no half-written file left.
+#[tokio::test]
+async fn a_copy_pod_killed_part_way_is_run_again_and_the_copy_completes() {
+    require_root!();
+    let runner = RunnerOpts {
+        kill_first: Some(Duration::from_millis(1500)),
+        ..RunnerOpts::default()
+    };
+    let s = Scene::with_runner(
+        "keep-pod-kill",
+        Class::new("b").host_path_provisioner(),
+        runner,
+    )
+    .await;
+    let data = s.data.clone();
+    tokio::task::spawn_blocking(move || write_big_file(&data))
+        .await
+        .unwrap();
+    let run = s.migrate(&[]).await;
+    run.expect_result(0, "migrated");
+    let runs = s.runner.runs();
+    assert_eq!(runs.len(), 2, "{}", s.runner.report());
+    assert_eq!(
+        runs[0].exit_code,
+        137,
+        "the first copy pod was not killed\n{}",
+        s.runner.report()
+    );
+    assert_eq!(runs[1].exit_code, 0, "{}", s.runner.report());
+    s.assert_moved().await;
+}
+
+/// Writes `large/one-gib.bin` below `dir`: 1 GiB, every 4 KiB block different.
+fn write_big_file(dir: &std::path::Path) {
     use std::io::Write;
     std::fs::create_dir_all(dir.join("large")).unwrap();
     let file = std::fs::File::create(dir.join("large/one-gib.bin")).unwrap();
@@ -238,6 +277,10 @@ fn write_large_tree(dir: &std::path::Path) {
         out.write_all(&block).unwrap();
     }
     out.flush().unwrap();
+}
+
+/// Writes `small/NN/NNNNN` below `dir`: 100,000 files of 1 to 16 KiB in 100 directories.
+fn write_small_files(dir: &std::path::Path) {
     for d in 0..100 {
         let sub = dir.join(format!("small/{d:02}"));
         std::fs::create_dir_all(&sub).unwrap();

@@ -149,10 +149,18 @@ pub fn walk(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Compares the copy with the source entry by entry; returns the number of entries compared.
+/// Compares the copy with the source entry by entry, and checks that the copy holds nothing the
+/// source does not; returns the number of entries compared.
 /// Reading the files to compare them updates their access times: only a first comparison
 /// (`atimes`) can compare those.
 pub fn assert_same_tree(src: &Path, dst: &Path, xattrs: bool, atimes: bool) -> usize {
+    for path in walk(dst) {
+        let relative = path.strip_prefix(dst).unwrap();
+        assert!(
+            fs::symlink_metadata(src.join(relative)).is_ok(),
+            "{relative:?}: in the copy, not in the source (a leftover of an interrupted copy?)"
+        );
+    }
     let mut inodes: HashMap<u64, u64> = HashMap::new();
     let mut compared = 0;
     for path in walk(src).into_iter().chain([src.to_owned()]) {

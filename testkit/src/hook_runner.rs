@@ -121,6 +121,9 @@ pub struct RunnerOpts {
     pub rendezvous: Option<Arc<Rendezvous>>,
     /// A container running longer is killed (exit status 137).
     pub max_run: Duration,
+    /// The first pod of the runner is killed (SIGKILL, exit status 137) after this long, as a
+    /// node that loses a pod would; the pods after it run in full.
+    pub kill_first: Option<Duration>,
 }
 
 impl Default for RunnerOpts {
@@ -130,6 +133,7 @@ impl Default for RunnerOpts {
             host_images: vec![],
             rendezvous: None,
             max_run: Duration::from_secs(150),
+            kill_first: None,
         }
     }
 }
@@ -317,7 +321,12 @@ async fn watch_and_run(
             && handled.insert(pod.uid().unwrap_or_default())
         {
             let client = client.clone();
-            let opts = opts.clone();
+            let mut opts = opts.clone();
+            if handled.len() == 1
+                && let Some(limit) = opts.kill_first
+            {
+                Arc::make_mut(&mut opts).max_run = limit;
+            }
             let record = record.clone();
             tokio::spawn(async move {
                 let run = run_pod(&client, &pod, &opts).await;
