@@ -588,29 +588,11 @@ mod tests {
         assert_eq!(copy.as_user, Some(1000));
         assert!(copy.verify && !copy.delete_old_volume);
         let bad = |v: &[&str]| config(v).unwrap_err().to_string();
+        let copy_with = |v: &[&str]| bad(&[&["--data", "copy", "--copy-image", "i"], v].concat());
         assert!(bad(&["--data", "copy"]).contains("COPY_IMAGE"));
         assert!(bad(&["--copy-image", "img:1"]).contains("only with DATA_POLICY=copy"));
-        assert!(
-            bad(&[
-                "--data",
-                "copy",
-                "--copy-image",
-                "i",
-                "--delete-retained-pv"
-            ])
-            .contains("cannot be combined")
-        );
-        assert!(
-            bad(&[
-                "--data",
-                "copy",
-                "--copy-image",
-                "i",
-                "--copy-image-pull-secrets",
-                "a,"
-            ])
-            .contains("image pull secret")
-        );
+        assert!(copy_with(&["--delete-retained-pv"]).contains("cannot be combined"));
+        assert!(copy_with(&["--copy-image-pull-secrets", "a,"]).contains("image pull secret"));
         assert!(parse(&["--copy-as-user", "0"]).is_err());
     }
 

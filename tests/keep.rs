@@ -161,6 +161,15 @@ impl Scene {
     }
 }
 
+/// The copy's own summary line, as the hook reports it (`data-copied`).
+fn copy_summary(o: &Outcome) -> String {
+    o.done
+        .iter()
+        .find(|i| i.kind == "data-copied")
+        .map(|i| i.text.clone())
+        .unwrap_or_else(|| panic!("no data-copied step in {o:?}"))
+}
+
 fn reclaim_policy(pv: &PersistentVolume) -> &str {
     pv.spec
         .as_ref()
@@ -189,12 +198,7 @@ async fn the_claim_moves_to_class_b_with_its_data() {
     ] {
         assert!(o.has_done(kind), "{kind} not done\n{run}");
     }
-    let copied = &o
-        .done
-        .iter()
-        .find(|i| i.kind == "data-copied")
-        .unwrap()
-        .text;
+    let copied = copy_summary(&o);
     assert!(copied.contains("copied"), "{copied}");
     assert_eq!(o.left_names("volume-kept"), [s.pv.name_any().as_str()]);
     s.assert_moved().await;
@@ -218,12 +222,7 @@ async fn a_large_file_and_many_small_files_move_whole() {
     .unwrap();
     let run = s.migrate(&[]).await;
     let o = run.expect_result(0, "migrated");
-    let copied = &o
-        .done
-        .iter()
-        .find(|i| i.kind == "data-copied")
-        .unwrap()
-        .text;
+    let copied = copy_summary(&o);
     assert!(copied.contains("0 errors"), "{copied}");
     let new = s.assert_moved().await;
     let big = host_path(&new).join("large/one-gib.bin");

@@ -15,6 +15,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::wait::Condition;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
@@ -62,20 +63,7 @@ pub async fn protect(cluster: &Cluster, record: &Record, mode: Mode) -> Result<b
             mode,
             volume_request("patch", &record.volume),
             ours,
-            |pv| {
-                let annotations = pv.annotations();
-                if annotations.get(RECORD) == Some(&value) && plan::reclaim_policy(pv) == "Retain" {
-                    return None;
-                }
-                let original = annotations
-                    .get(RECLAIM_POLICY)
-                    .cloned()
-                    .unwrap_or_else(|| record.reclaim_policy.clone());
-                Some(json!({
-                    "metadata": {"annotations": {RECORD: value, RECLAIM_POLICY: original}},
-                    "spec": {"persistentVolumeReclaimPolicy": "Retain"},
-                }))
-            },
+            |pv| plan::retain_patch(pv, RECORD, &value),
         )
         .await?;
     match written {
@@ -318,28 +306,19 @@ async fn point_claim_ref(
 ) -> Result<(), Error> {
     let namespace = cluster.namespace.clone();
     let ours = |pv: &PersistentVolume| pv.uid().as_deref() == Some(uid) && held(pv);
-    let written = cluster
-        .patch_checked(
-            &cluster.volumes,
-            volume,
-            Mode::Commit,
-            volume_request("patch", volume),
-            ours,
-            |pv| {
-                let current = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
-                let already = current.is_some_and(|r| {
-                    r.name.as_deref() == Some(claim)
-                        && r.namespace.as_deref() == Some(namespace.as_str())
-                });
-                (!already).then(|| {
-                    json!({"spec": {"claimRef": {
-                        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                        "namespace": namespace, "name": claim, "uid": null, "resourceVersion": null,
-                    }}})
-                })
-            },
-        )
-        .await?;
+    let written = patch_volume(cluster, volume, ours, |pv| {
+        let current = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+        let already = current.is_some_and(|r| {
+            r.name.as_deref() == Some(claim) && r.namespace.as_deref() == Some(namespace.as_str())
+        });
+        (!already).then(|| {
+            json!({"spec": {"claimRef": {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": namespace, "name": claim, "uid": null, "resourceVersion": null,
+            }}})
+        })
+    })
+    .await?;
     match written {
         Written::Done | Written::Unchanged => Ok(()),
         Written::Gone | Written::NotOurs => Err(Error::Refused(Refusal::VolumeRebound {
@@ -410,19 +389,23 @@ async fn await_bound(cluster: &Cluster, name: &str) -> Result<(), Error> {
             .and_then(|s| s.phase.as_deref())
             == Some("Bound")
     };
-    match wait::until(
-        &cluster.claims,
-        name,
-        cluster.timeout,
-        bound,
-        cluster.claim_request("watch", name),
-    )
-    .await?
-    {
+    await_claim(cluster, name, bound, "bound").await
+}
+
+/// Waits by watching, at most the step timeout, until `condition` holds for the claim `name`;
+/// the timeout names the claim and `what` it waited for.
+async fn await_claim(
+    cluster: &Cluster,
+    name: &str,
+    condition: impl Condition<PersistentVolumeClaim> + Clone,
+    what: &str,
+) -> Result<(), Error> {
+    let request = cluster.claim_request("watch", name);
+    match wait::until(&cluster.claims, name, cluster.timeout, condition, request).await? {
         Waited::Done(_) => Ok(()),
         Waited::TimedOut { last_error } => Err(Error::Timeout {
             after: cluster.timeout,
-            what: format!("claim {}/{name} to be bound", cluster.namespace),
+            what: format!("claim {}/{name} to be {what}", cluster.namespace),
             last_error,
         }),
     }
@@ -606,31 +589,10 @@ async fn keep_new_volume(cluster: &Cluster, record: &Record) -> Result<String, E
     let ns = cluster.namespace.clone();
     let claim_uid = claim.uid().unwrap_or_default();
     let ours = |pv: &PersistentVolume| owned_by(pv, &ns, &target, &claim_uid);
-    let written = cluster
-        .patch_checked(
-            &cluster.volumes,
-            &volume,
-            Mode::Commit,
-            volume_request("patch", &volume),
-            ours,
-            |pv| {
-                let annotations = pv.annotations();
-                if annotations.get(COPY_TARGET) == Some(&mark)
-                    && plan::reclaim_policy(pv) == "Retain"
-                {
-                    return None;
-                }
-                let original = annotations
-                    .get(RECLAIM_POLICY)
-                    .cloned()
-                    .unwrap_or_else(|| plan::reclaim_policy(pv));
-                Some(json!({
-                    "metadata": {"annotations": {COPY_TARGET: mark, RECLAIM_POLICY: original}},
-                    "spec": {"persistentVolumeReclaimPolicy": "Retain"},
-                }))
-            },
-        )
-        .await?;
+    let written = patch_volume(cluster, &volume, ours, |pv| {
+        plan::retain_patch(pv, COPY_TARGET, &mark)
+    })
+    .await?;
     if matches!(written, Written::Gone | Written::NotOurs) {
         return Err(Error::Refused(Refusal::VolumeRebound { volume }));
     }
@@ -672,22 +634,7 @@ async fn delete_claim(cluster: &Cluster, name: &str, uid: &str) -> Result<(), Er
         Err(kube::Error::Api(status)) if status.is_not_found() => {}
         Err(e) => return Err(api::write_error(request, e)),
     }
-    match wait::until(
-        &cluster.claims,
-        name,
-        cluster.timeout,
-        wait::deleted(uid),
-        cluster.claim_request("watch", name),
-    )
-    .await?
-    {
-        Waited::Done(_) => Ok(()),
-        Waited::TimedOut { last_error } => Err(Error::Timeout {
-            after: cluster.timeout,
-            what: format!("claim {}/{name} to be deleted", cluster.namespace),
-            last_error,
-        }),
-    }
+    await_claim(cluster, name, wait::deleted(uid), "deleted").await
 }
 
 /// The new volume as the old one names it: set once the copy is done.
@@ -701,6 +648,19 @@ async fn recorded_new_volume(cluster: &Cluster, record: &Record) -> Result<Optio
         .and_then(|v| v.annotations().get(COPY_VOLUME).cloned()))
 }
 
+/// A merge patch of the volume for real, by [`Cluster::patch_checked`].
+async fn patch_volume(
+    cluster: &Cluster,
+    volume: &str,
+    ours: impl Fn(&PersistentVolume) -> bool,
+    patch: impl Fn(&PersistentVolume) -> Option<serde_json::Value>,
+) -> Result<Written, Error> {
+    let request = volume_request("patch", volume);
+    cluster
+        .patch_checked(&cluster.volumes, volume, Mode::Commit, request, ours, patch)
+        .await
+}
+
 /// Sets (or with None removes) one annotation of a volume with this uid.
 async fn annotate(
     cluster: &Cluster,
@@ -710,19 +670,11 @@ async fn annotate(
     value: Option<&str>,
 ) -> Result<(), Error> {
     let ours = |pv: &PersistentVolume| pv.uid().as_deref() == Some(uid);
-    cluster
-        .patch_checked(
-            &cluster.volumes,
-            volume,
-            Mode::Commit,
-            volume_request("patch", volume),
-            ours,
-            |pv| {
-                (pv.annotations().get(key).map(String::as_str) != value)
-                    .then(|| json!({"metadata": {"annotations": {key: value}}}))
-            },
-        )
-        .await?;
+    patch_volume(cluster, volume, ours, |pv| {
+        (pv.annotations().get(key).map(String::as_str) != value)
+            .then(|| json!({"metadata": {"annotations": {key: value}}}))
+    })
+    .await?;
     Ok(())
 }
 
@@ -788,27 +740,18 @@ async fn restore_policy(
     mark_key: Option<&str>,
     ours: impl Fn(&PersistentVolume) -> bool,
 ) -> Result<(), Error> {
-    cluster
-        .patch_checked(
-            &cluster.volumes,
-            volume,
-            Mode::Commit,
-            volume_request("patch", volume),
-            ours,
-            |pv| {
-                let original = pv.annotations().get(RECLAIM_POLICY)?;
-                let mut remove: BTreeMap<&str, Option<&str>> =
-                    BTreeMap::from([(RECLAIM_POLICY, None)]);
-                if let Some(key) = mark_key {
-                    remove.insert(key, None);
-                }
-                Some(json!({
-                    "metadata": {"annotations": remove},
-                    "spec": {"persistentVolumeReclaimPolicy": original},
-                }))
-            },
-        )
-        .await?;
+    patch_volume(cluster, volume, ours, |pv| {
+        let original = pv.annotations().get(RECLAIM_POLICY)?;
+        let mut remove: BTreeMap<&str, Option<&str>> = BTreeMap::from([(RECLAIM_POLICY, None)]);
+        if let Some(key) = mark_key {
+            remove.insert(key, None);
+        }
+        Some(json!({
+            "metadata": {"annotations": remove},
+            "spec": {"persistentVolumeReclaimPolicy": original},
+        }))
+    })
+    .await?;
     Ok(())
 }
 
@@ -855,19 +798,16 @@ async fn settle_old_volume(
     report: &mut Report,
 ) -> Result<(), Error> {
     let old = &record.volume;
-    if settings.delete_old_volume && record.reclaim_policy != "Retain" {
+    let restore = settings.delete_old_volume && record.reclaim_policy != "Retain";
+    if restore {
         restore_policy(cluster, old, None, |pv| {
             pv.uid().as_deref() == Some(record.volume_uid.as_str())
         })
         .await?;
-        annotate(
-            cluster,
-            old,
-            &record.volume_uid,
-            COPIED_TO,
-            Some(new_volume),
-        )
-        .await?;
+    }
+    let uid = &record.volume_uid;
+    annotate(cluster, old, uid, COPIED_TO, Some(new_volume)).await?;
+    if restore {
         report.done(
             Kind::VolumeReclaimRestored,
             Some(old),
@@ -878,14 +818,6 @@ async fn settle_old_volume(
         );
         return Ok(());
     }
-    annotate(
-        cluster,
-        old,
-        &record.volume_uid,
-        COPIED_TO,
-        Some(new_volume),
-    )
-    .await?;
     let how = if record.reclaim_policy == "Retain" {
         "Retain, as it was".to_owned()
     } else {

@@ -144,6 +144,29 @@ pub fn reclaim_policy(volume: &PersistentVolume) -> String {
         .unwrap_or_else(|| "Retain".to_owned())
 }
 
+/// The merge patch that switches a volume to Retain with the annotation `key: value`, keeping its
+/// policy before the switch in [`RECLAIM_POLICY`] (once: a rerun finds it there); None when the
+/// volume is already so.
+pub fn retain_patch(
+    volume: &PersistentVolume,
+    key: &str,
+    value: &str,
+) -> Option<serde_json::Value> {
+    let annotations = volume.annotations();
+    if annotations.get(key).map(String::as_str) == Some(value) && reclaim_policy(volume) == "Retain"
+    {
+        return None;
+    }
+    let original = annotations
+        .get(RECLAIM_POLICY)
+        .cloned()
+        .unwrap_or_else(|| reclaim_policy(volume));
+    Some(serde_json::json!({
+        "metadata": {"annotations": {key: value, RECLAIM_POLICY: original}},
+        "spec": {"persistentVolumeReclaimPolicy": "Retain"},
+    }))
+}
+
 /// The record a volume carries, if it is one the run must carry on with (not yet finished).
 pub fn pending_record(volume: &PersistentVolume) -> Option<Record> {
     let annotations = volume.annotations();
@@ -468,15 +491,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_record_keeps_what_the_new_claim_needs() {
-        let record = record(
+    /// The record of claim `data` (class a) on PV pv-1 (Delete), to class b of a CSI driver.
+    fn a_record() -> Record {
+        record(
             &claim(None),
             &volume(),
             &target(),
             Some(&class("csi.example")),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_keeps_what_the_new_claim_needs() {
+        let record = a_record();
         assert_eq!((record.from.as_str(), record.to.as_str()), ("a", "b"));
         assert_eq!(record.reclaim_policy, "Delete");
         assert_eq!(record.volume_uid, "v-1");
@@ -520,13 +548,7 @@ mod tests {
 
     #[test]
     fn objects() {
-        let record = record(
-            &claim(None),
-            &volume(),
-            &target(),
-            Some(&class("csi.example")),
-        )
-        .unwrap();
+        let record = a_record();
         let source = record.source_claim();
         assert_eq!(source.name_any(), "data-migrate-source");
         let spec = source.spec.unwrap();
@@ -547,13 +569,7 @@ mod tests {
 
     #[test]
     fn the_copy_runs_as_root_with_four_capabilities_or_as_a_user_with_none() {
-        let record = record(
-            &claim(None),
-            &volume(),
-            &target(),
-            Some(&class("csi.example")),
-        )
-        .unwrap();
+        let record = a_record();
         let caps = |settings| {
             let pod = record
                 .copy_job(&settings, 60)
@@ -581,13 +597,7 @@ mod tests {
 
     #[test]
     fn the_copy_job_pulls_with_the_hooks_secrets_and_fails_at_once_on_bad_input() {
-        let record = record(
-            &claim(None),
-            &volume(),
-            &target(),
-            Some(&class("csi.example")),
-        )
-        .unwrap();
+        let record = a_record();
         let spec = record.copy_job(&settings(None), 60).spec.unwrap();
         let secrets = spec.template.spec.unwrap().image_pull_secrets.unwrap();
         assert_eq!(secrets[0].name, "regcred");
@@ -596,6 +606,23 @@ mod tests {
         assert_eq!(rule.on_exit_codes.as_ref().unwrap().values, [1, 2]);
         assert_eq!(spec.backoff_limit, Some(1));
         assert_eq!(spec.active_deadline_seconds, Some(60));
+    }
+
+    #[test]
+    fn the_switch_to_retain_keeps_the_first_policy_and_is_done_once() {
+        let mut pv = volume();
+        let patch = retain_patch(&pv, RECORD, "r").unwrap();
+        assert_eq!(patch["metadata"]["annotations"][RECLAIM_POLICY], "Delete");
+        assert_eq!(patch["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        // Switched: a rerun changes nothing; with another value it keeps the first policy.
+        pv.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some("Retain".into());
+        pv.metadata.annotations = Some(BTreeMap::from([
+            (RECORD.to_owned(), "r".to_owned()),
+            (RECLAIM_POLICY.to_owned(), "Delete".to_owned()),
+        ]));
+        assert_eq!(retain_patch(&pv, RECORD, "r"), None);
+        let patch = retain_patch(&pv, RECORD, "s").unwrap();
+        assert_eq!(patch["metadata"]["annotations"][RECLAIM_POLICY], "Delete");
     }
 
     #[test]
