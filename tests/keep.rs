@@ -230,12 +230,13 @@ async fn a_large_file_and_many_small_files_move_whole() {
 }
 
 /// A copy pod killed part-way (SIGKILL, as a node losing it would) is run again by its Job, and
-/// the second copy finishes what the first began: the same tree, no half-written file left.
+/// the second copy finishes what the first began: the same tree, no half-written file left. The
+/// 100,000 small files take several seconds to copy, so the kill at 2.5 s lands in the copy.
 #[tokio::test]
 async fn a_copy_pod_killed_part_way_is_run_again_and_the_copy_completes() {
     require_root!();
     let runner = RunnerOpts {
-        kill_first: Some(Duration::from_millis(1500)),
+        kill_first: Some(Duration::from_millis(2500)),
         ..RunnerOpts::default()
     };
     let s = Scene::with_runner(
@@ -245,7 +246,7 @@ async fn a_copy_pod_killed_part_way_is_run_again_and_the_copy_completes() {
     )
     .await;
     let data = s.data.clone();
-    tokio::task::spawn_blocking(move || write_big_file(&data))
+    tokio::task::spawn_blocking(move || write_small_files(&data))
         .await
         .unwrap();
     let run = s.migrate(&[]).await;
