@@ -31,7 +31,7 @@ if [ -n "${KUBERNETES_VERSION:-}" ]; then
   "v$requested".*) ;;
   *)
     echo "build-control-plane: Kubernetes $KUBERNETES_VERSION is not pinned (tools/k8s has" \
-      "$(module_version k8s k8s.io/kubernetes); scripts/pin-kubernetes.sh ${requested} pins another)" >&2
+      "$(module_version k8s k8s.io/kubernetes); scripts/pin-kubernetes.sh <${requested}.x> pins one)" >&2
     exit 1
     ;;
   esac
