@@ -18,6 +18,7 @@
 #       Prints each recorded process and whether it is running; exit status 0 if all are.
 #
 # Environment: CONTROL_PLANE_BIN_DIR (use these binaries instead of building),
+# KUBERNETES_VERSION (1.33: build the version pinned in tools/k8s-1.33, not tools/k8s's),
 # CONTROL_PLANE_STOP_GRACE (seconds before KILL, default 10),
 # CONTROL_PLANE_START_TIMEOUT (seconds per component, default 120),
 # CONTROL_PLANE_AUDIT=1 (the apiserver writes one JSON line per request, with user and user agent,

@@ -8,7 +8,11 @@
 #   4. the chart checks (lint, render tests, server-side dry run) and the image run in the cluster;
 #   5. stops it again, also when a step fails or the run is interrupted.
 # Exits non-zero if any step failed. The directory (with the servers' logs) is removed after a
-# successful run and kept otherwise. With ARGS, only step 3 runs after the builds.
+# successful run and kept otherwise. With ARGS, only step 3 runs after the builds; ARGS that
+# select targets (--test migrate, --lib, ...) replace --all-targets.
+#
+# KUBERNETES_VERSION=1.33 runs against the control plane pinned in tools/k8s-1.33 instead of the
+# default (tools/k8s); see scripts/build-control-plane.sh.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,8 +44,18 @@ trap 'exit 143' TERM
 "$cp" start "$dir" --owner-pid $$
 export STORAGECLASS_MIGRATE_CONTROL_PLANE=$dir
 
+# cargo ignores --test, --lib and the like next to --all-targets.
+targets=--all-targets
+for arg in "$@"; do
+  case $arg in
+  --) break ;;
+  --lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --examples | --example | \
+    --example=* | --benches | --bench | --bench=* | --doc) targets= ;;
+  esac
+done
+
 status=0
-(cd "$root" && cargo test --workspace --all-targets --no-fail-fast "$@") || status=$?
+(cd "$root" && cargo test --workspace $targets --no-fail-fast "$@") || status=$?
 if [ $# -eq 0 ]; then
   "$root/scripts/check-chart.sh" || status=1
   "$root/scripts/check-image-in-cluster.sh" || status=1

@@ -21,8 +21,11 @@ use testkit::release::image;
 async fn version_is_stamped() {
     let client = client().await;
     let info = client.apiserver_version().await.expect("GET /version");
-    assert_eq!(info.git_version, "v1.37.2", "{info:?}");
-    assert_eq!((info.major.as_str(), info.minor.as_str()), ("1", "37"));
+    // The version pinned in tools/k8s, or in tools/k8s-1.33 with KUBERNETES_VERSION=1.33.
+    let pinned = pinned_kubernetes_version();
+    assert_eq!(info.git_version, pinned, "{info:?}");
+    let minor = pinned.split('.').nth(1).expect("vX.Y.Z");
+    assert_eq!((info.major.as_str(), info.minor.as_str()), ("1", minor));
     assert!(
         apiserver_url().starts_with("https://127.0.0.1:"),
         "{}",

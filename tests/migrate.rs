@@ -385,17 +385,26 @@ mod migrate {
         let strip = [("STRIP_ALL_FINALIZERS", "true"), ("WAIT_TIMEOUT", "10s")];
         let run = c.migrate("data", &strip).await;
         let o = run.expect_status(0).expect_warning().outcome();
+        // No pod uses the claim, so once it is deleted the PVC protection controller removes
+        // kubernetes.io/pvc-protection itself, racing the run's strip, and the run reports the
+        // strip only when its own patch removed the finalizer. The controller won in a full run
+        // on 1.33, and on 1.37 once in ten with its PersistentVolumeClaimUnusedSinceTime gate off.
+        let claim_stripped = o.done_names("claim-finalizer-stripped");
+        let claim_step = if claim_stripped.is_empty() {
+            ""
+        } else {
+            assert_eq!(claim_stripped, [PVC_PROTECTION], "{run}");
+            " claim-finalizer-stripped,"
+        };
         assert_eq!(
             o.shape(),
-            "migrated: found class, volume; done volume-marked, claim-deleted, claim-finalizer-stripped, claim-gone, volume-deleted, volume-finalizer-stripped",
+            format!(
+                "migrated: found class, volume; done volume-marked, claim-deleted,{claim_step} \
+                 claim-gone, volume-deleted, volume-finalizer-stripped"
+            ),
             "{run}"
         );
-        assert_eq!(
-            o.done_names("claim-finalizer-stripped"),
-            [PVC_PROTECTION],
-            "{run}"
-        );
-        let stripped = &o.done[5].text;
+        let stripped = &o.done.last().expect("done steps").text;
         assert!(stripped.contains(PROVISIONER_FINALIZER), "{run}");
         assert_eq!(o.done_names("volume-deleted"), [pv_name.as_str()], "{run}");
         c.assert_both_gone("data", &pv).await;

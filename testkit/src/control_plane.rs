@@ -155,6 +155,42 @@ fn parse_env_file(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Selects the Kubernetes version of the control plane (`scripts/build-control-plane.sh`): unset,
+/// the default pinned in `tools/k8s`; `1.33`, the one pinned in `tools/k8s-1.33`.
+pub const KUBERNETES_VERSION_ENV: &str = "KUBERNETES_VERSION";
+
+/// The `k8s.io/kubernetes` version (`v1.37.2`) pinned for the control plane that
+/// `KUBERNETES_VERSION` selects, read from the go.mod the servers are built from.
+pub fn pinned_kubernetes_version() -> String {
+    let requested = std::env::var(KUBERNETES_VERSION_ENV).unwrap_or_default();
+    let requested = requested.trim_start_matches('v');
+    let minor: String = requested.split('.').take(2).collect::<Vec<_>>().join(".");
+    let tools = repo_root().join("tools");
+    let minor_dir = tools.join(format!("k8s-{minor}"));
+    let dir = if !requested.is_empty() && minor_dir.join("go.mod").is_file() {
+        minor_dir
+    } else {
+        tools.join("k8s")
+    };
+    let go_mod = dir.join("go.mod");
+    let text = std::fs::read_to_string(&go_mod)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", go_mod.display()));
+    kubernetes_requirement(&text)
+        .unwrap_or_else(|| panic!("{} does not require k8s.io/kubernetes", go_mod.display()))
+}
+
+/// The version in a go.mod's `k8s.io/kubernetes vX.Y.Z` requirement.
+fn kubernetes_requirement(go_mod: &str) -> Option<String> {
+    go_mod.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some("k8s.io/kubernetes"))
+            .then(|| words.next())
+            .flatten()
+            .filter(|v| v.starts_with('v'))
+            .map(str::to_string)
+    })
+}
+
 /// The admin (`system:masters`) kubeconfig.
 pub fn kubeconfig_path() -> &'static Path {
     &ControlPlane::get().kubeconfig
@@ -196,5 +232,17 @@ mod tests {
         );
         assert_eq!(vars["KUBECONFIG"], "/x/admin.kubeconfig");
         assert_eq!(vars["APISERVER_URL"], "https://127.0.0.1:6443");
+    }
+
+    #[test]
+    fn kubernetes_requirement_is_read() {
+        let go_mod = "require (\n\tk8s.io/kubelet v0.33.13 // indirect\n\tk8s.io/kubernetes v1.33.13 // indirect\n)\n\nreplace k8s.io/kubernetes => ./x\n";
+        assert_eq!(kubernetes_requirement(go_mod).as_deref(), Some("v1.33.13"));
+        assert_eq!(kubernetes_requirement("module x\n"), None);
+    }
+
+    #[test]
+    fn a_kubernetes_version_is_pinned() {
+        assert!(pinned_kubernetes_version().starts_with("v1."));
     }
 }

@@ -65,7 +65,8 @@ pub use api::*;
 pub use binary::{Binary, Job, RUN_TIMEOUT, Run, binary_path};
 pub use cluster::Cluster;
 pub use control_plane::{
-    ControlPlane, apiserver_url, ca_path, client, client_for, kubeconfig_path, repo_root,
+    ControlPlane, apiserver_url, ca_path, client, client_for, kubeconfig_path,
+    pinned_kubernetes_version, repo_root,
 };
 pub use fault_proxy::FaultProxy;
 pub use kubelet::KubeletStandIn;
