@@ -270,6 +270,14 @@ pub fn transient(error: &kube::Error) -> bool {
 /// apply, Helm 4's) name this program.
 pub const FIELD_MANAGER: &str = "storageclass-migrate";
 
+/// The options of a create: as a dry run or for real, by [`FIELD_MANAGER`].
+pub fn post_params(dry_run: bool) -> PostParams {
+    PostParams {
+        dry_run,
+        field_manager: Some(FIELD_MANAGER.into()),
+    }
+}
+
 /// Attempts at a read-check-write that the API keeps answering with 409.
 const CONFLICT_ATTEMPTS: usize = 5;
 

@@ -99,13 +99,6 @@ impl Context {
         }
     }
 
-    async fn target_exists(&self, target: &Target) -> Result<bool, Error> {
-        match target {
-            Target::Class(_) => Ok(self.target_class(target).await?.is_some()),
-            Target::NoClass => Ok(true),
-        }
-    }
-
     /// The desired StorageClass, read once per run; None when it does not exist.
     async fn target_class(&self, target: &Target) -> Result<Option<&StorageClass>, Error> {
         let Target::Class(name) = target else {
@@ -391,8 +384,14 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
         report.found(Kind::BeingDeleted, None, "already being deleted");
     }
 
+    // The desired StorageClass (read once per run): it must exist, and a copy needs its
+    // provisioner.
+    let target_class = match target {
+        Some(target) if class_change => ctx.target_class(target).await?,
+        _ => None,
+    };
     let target_exists = match target {
-        Some(target) if class_change => ctx.target_exists(target).await?,
+        Some(Target::Class(_)) if class_change => target_class.is_some(),
         _ => true,
     };
     let volume = match decision::claim_volume(&claim) {
@@ -429,9 +428,8 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
         if let (Some(_), Some(target), Some(volume)) = (&ctx.copy, target, volume.as_ref())
             && class_change
         {
-            let class = ctx.target_class.get().and_then(Option::as_ref);
             let record =
-                keep::plan::record(&claim, volume, target, class).map_err(Error::Refused)?;
+                keep::plan::record(&claim, volume, target, target_class).map_err(Error::Refused)?;
             plan.keep = Some(record);
         }
         for (budget, used) in &plan.budget_use {

@@ -82,10 +82,7 @@ pub async fn preflight(
     record: &Record,
     settings: &CopySettings,
 ) -> Result<(), Error> {
-    let dry = PostParams {
-        dry_run: true,
-        field_manager: Some(api::FIELD_MANAGER.into()),
-    };
+    let dry = api::post_params(true);
     dry_create(
         cluster,
         &cluster.claims,
@@ -217,7 +214,9 @@ pub async fn carry_over(
                 }
             };
             report.pending("free the new volume of the temporary claim");
-            release_target(cluster, record).await?;
+            // The temporary claim on the new class goes, so the new volume can be bound to the
+            // claim.
+            remove_temporary_claim(cluster, record, &record.target_claim_name()).await?;
             report.pending(format!("bind PV {new_volume} to the claim"));
             recreate_claim(cluster, record, &new_volume, report).await?;
             new_volume
@@ -347,10 +346,7 @@ where
     let request = Request::new("create", resource)
         .name(&name)
         .namespace(&cluster.namespace);
-    let params = PostParams {
-        field_manager: Some(api::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let params = api::post_params(false);
     match cluster
         .send(&request, || api.create(&params, object))
         .await?
@@ -607,19 +603,24 @@ async fn keep_new_volume(cluster: &Cluster, record: &Record) -> Result<String, E
     Ok(volume)
 }
 
-/// The temporary claim on the new class goes, so the new volume can be bound to the claim.
-async fn release_target(cluster: &Cluster, record: &Record) -> Result<(), Error> {
-    let target = record.target_claim_name();
+/// Deletes the temporary claim `name` if a run made it for this claim, and waits until it is
+/// gone; says whether there was one.
+async fn remove_temporary_claim(
+    cluster: &Cluster,
+    record: &Record,
+    name: &str,
+) -> Result<bool, Error> {
     let claim = cluster
-        .fetch(cluster.claim_request("get", &target), || {
-            cluster.claims.get_opt(&target)
+        .fetch(cluster.claim_request("get", name), || {
+            cluster.claims.get_opt(name)
         })
         .await?
         .filter(|c| plan::made_for(c.labels(), &record.uid));
     let Some(claim) = claim else {
-        return Ok(());
+        return Ok(false);
     };
-    delete_claim(cluster, &target, &claim.uid().unwrap_or_default()).await
+    delete_claim(cluster, name, &claim.uid().unwrap_or_default()).await?;
+    Ok(true)
 }
 
 /// Deletes a temporary claim (uid precondition) and waits until it is gone.
@@ -699,10 +700,7 @@ async fn recreate_claim(
     .await?;
     let claim = record.new_claim(new_volume);
     let request = cluster.claim_request("create", &record.claim);
-    let params = PostParams {
-        field_manager: Some(api::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let params = api::post_params(false);
     match cluster
         .send(&request, || cluster.claims.create(&params, &claim))
         .await?
@@ -772,13 +770,7 @@ async fn clean_up(cluster: &Cluster, record: &Record, report: &mut Report) -> Re
         );
     }
     let source = record.source_claim_name();
-    let existing = cluster
-        .fetch(cluster.claim_request("get", &source), || {
-            cluster.claims.get_opt(&source)
-        })
-        .await?;
-    if let Some(claim) = existing.filter(|c| plan::made_for(c.labels(), &record.uid)) {
-        delete_claim(cluster, &source, &claim.uid().unwrap_or_default()).await?;
+    if remove_temporary_claim(cluster, record, &source).await? {
         report.done(
             Kind::CopyRemoved,
             Some(&source),
