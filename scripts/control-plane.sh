@@ -282,7 +282,9 @@ start_etcd() {
 
 # Without --advertise-address, kube-apiserver derives one from the default route and refuses to
 # start on a host without one. Loopback is accepted as long as no endpoint reconciler tries to
-# publish it in the "kubernetes" Endpoints (--endpoint-reconciler-type=none).
+# publish it in the "kubernetes" Endpoints (--endpoint-reconciler-type=none). Kubelet endpoints
+# (for pod logs) are verified against the test CA: the test kit's log node serves with the serving
+# certificate (testkit/src/node.rs).
 start_apiserver() {
   local attempt audit=()
   if [ "${CONTROL_PLANE_AUDIT:-0}" = 1 ]; then
@@ -305,6 +307,7 @@ YAML
       --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
       --tls-cert-file="$dir/pki/serving.crt" --tls-private-key-file="$dir/pki/serving.key" \
       --client-ca-file="$dir/pki/ca.crt" \
+      --kubelet-certificate-authority="$dir/pki/ca.crt" \
       --authorization-mode=RBAC \
       --service-account-issuer=https://kubernetes.default.svc.cluster.local \
       --service-account-key-file="$dir/pki/sa.pub" \

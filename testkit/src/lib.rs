@@ -12,6 +12,7 @@
 //! | [`outcome`] | the binary's structured summary (`--summary-format json`), typed |
 //! | [`kubelet`] | the stand-in kubelet that finishes deleted and evicted pods |
 //! | [`hook_runner`] | runs Jobs' pods (in the image, or on the host), claims mounted, in place of a kubelet |
+//! | [`node`] | this process's Node, whose kubelet endpoint serves the logs of the pods the runner ran |
 //! | [`fault_proxy`] | an HTTP proxy to the apiserver that injects faults |
 //! | [`files`] | a tree with every kind of entry, and the comparison of two trees |
 //! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |
@@ -55,6 +56,7 @@ pub mod hold;
 pub mod hook_runner;
 pub mod kubelet;
 pub mod namespace;
+pub mod node;
 pub mod objects;
 pub mod outcome;
 pub mod rbac;
