@@ -334,14 +334,16 @@ rules (dict "rules" LIST "state" STATE): the RBAC rules of rbac-rules.json that 
   dataCopy            data is copy (the temporary claims and the claim made again, whose names
                       are not all known here; the copy Job; the copy pod's dry run; the old and
                       new volumes' reclaim policy, claimRef and annotation patches)
-"limitToClaimNames": the rule names the claims when they are given by name only (a selector
-picks names unknown here); "limitToNamespace": the rule names the release's namespace.
+  statefulSet         a StatefulSet is given (its read, the wait for it to go, its delete)
+"limitToClaimNames": the rule names the claims when they are given by name only (a selector, or a
+StatefulSet's ordinals, name claims unknown here); "limitToNamespace": the rule names the release's
+namespace; "limitToStatefulSetName": the rule names the StatefulSet.
 */ -}}
 {{- define "storageclass-migrate.rules" -}}
 {{- $state := .state -}}
 {{- range $rule := .rules -}}
 {{- range $key, $_ := $rule -}}
-{{- if not (has $key (list "when" "apiGroups" "resources" "verbs" "limitToClaimNames" "limitToNamespace")) -}}
+{{- if not (has $key (list "when" "apiGroups" "resources" "verbs" "limitToClaimNames" "limitToNamespace" "limitToStatefulSetName")) -}}
 {{- fail (printf "storageclass-migrate: rbac-rules.json: unknown key %q in a rule" $key) -}}
 {{- end -}}
 {{- end -}}
@@ -359,6 +361,8 @@ picks names unknown here); "limitToNamespace": the rule names the release's name
 {{- $on = $state.s.stripAllFinalizers -}}
 {{- else if eq $when "dataCopy" -}}
 {{- $on = eq $state.s.data "copy" -}}
+{{- else if eq $when "statefulSet" -}}
+{{- $on = not (empty $state.statefulSet) -}}
 {{- else -}}
 {{- fail (printf "storageclass-migrate: rbac-rules.json: unknown \"when\" %q" $when) -}}
 {{- end -}}
@@ -366,13 +370,15 @@ picks names unknown here); "limitToNamespace": the rule names the release's name
 - apiGroups: {{ toJson $rule.apiGroups }}
   resources: {{ toJson $rule.resources }}
   verbs: {{ toJson $rule.verbs }}
-{{- if and (get $rule "limitToClaimNames") (get $rule "limitToNamespace") -}}
-{{- fail "storageclass-migrate: rbac-rules.json: a rule cannot have both limitToClaimNames and limitToNamespace" -}}
+{{- if gt (len (without (list (get $rule "limitToClaimNames") (get $rule "limitToNamespace") (get $rule "limitToStatefulSetName")) false nil)) 1 -}}
+{{- fail "storageclass-migrate: rbac-rules.json: a rule can have only one of limitToClaimNames, limitToNamespace and limitToStatefulSetName" -}}
 {{- end -}}
 {{- if and (get $rule "limitToClaimNames") $state.claims (not $state.selector) }}
   resourceNames: {{ toJson $state.claims }}
 {{- else if get $rule "limitToNamespace" }}
   resourceNames: {{ list $state.namespace | toJson }}
+{{- else if get $rule "limitToStatefulSetName" }}
+  resourceNames: {{ list $state.statefulSet | toJson }}
 {{- end }}
 {{- end }}
 {{- end -}}
