@@ -5,6 +5,7 @@
 //! After a run, the tests create the StatefulSet again with the new template, as Helm does in
 //! the same upgrade, and read back where its claims are.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -493,7 +494,10 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
     let set = &s.set;
     for n in 0..3 {
         let dir = claim_dir(&s.c, &set.claim(n)).await;
-        std::fs::write(dir.join("ordinal"), format!("db-{n}\n")).unwrap();
+        let file = dir.join("ordinal");
+        std::fs::write(&file, format!("db-{n}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(&file, Some(1000 + n as u32), Some(2000)).unwrap();
     }
     let _runner = HookRunner::start(s.c.name(), RunnerOpts::default());
 
@@ -515,7 +519,11 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
     let claims = s.recreate_on_b(3).await;
     for (n, claim) in claims.iter().enumerate() {
         let dir = claim_dir(&s.c, &claim.name_any()).await;
-        let text = std::fs::read_to_string(dir.join("ordinal")).unwrap();
+        let file = dir.join("ordinal");
+        let text = std::fs::read_to_string(&file).unwrap();
         assert_eq!(text, format!("db-{n}\n"), "{}", claim.name_any());
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!((meta.uid(), meta.gid()), (1000 + n as u32, 2000));
     }
 }
