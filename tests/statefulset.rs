@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use testkit::fault_proxy::{Fault, Gate, Match, Which};
+use testkit::helm::Helm;
 use testkit::hook_runner::{HookRunner, RunnerOpts};
 use testkit::prelude::*;
 use testkit::release::image;
@@ -526,4 +527,150 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
         assert_eq!((meta.uid(), meta.gid()), (1000 + n as u32, 2000));
     }
+}
+
+/// examples/statefulset through `helm upgrade`: installed with 4 replicas on class A, each claim
+/// holding a file, scaled down to 3 (data-rel-db-3 stays behind); the upgrade to class B fails
+/// without the hook and, with it and `data: copy`, brings every claim to B with its file, the
+/// StatefulSet back with the new template.
+async fn helm_upgrade_moves_the_statefulset_with_its_data(helm: Helm) {
+    use testkit::release::{Example, Release, ReleaseOpts, SET as REL_SET};
+    if !testkit::files::is_root() {
+        eprintln!("skipped: the copy keeps owners, which needs root");
+        return;
+    }
+    let prefix = format!("sts-helm{}", helm.major());
+    let s = Release::with(
+        &prefix,
+        ReleaseOpts {
+            helm,
+            example: Example::StatefulSet,
+            class_a: Class::new("a").host_path_provisioner(),
+            class_b: Class::new("b").host_path_provisioner(),
+            timeout: "3m".into(),
+            ..ReleaseOpts::default()
+        },
+    )
+    .await;
+    let _binder = PodBinder::start(&s).await;
+    let _kubelet = KubeletStandIn::start(s.name());
+    let set = Sts::new(REL_SET);
+    let out = s
+        .helm(
+            "install",
+            &[("persistence.storageClass", &s.a), ("replicas", "4")],
+            false,
+        )
+        .await;
+    s.expect_ok(&out);
+    set.wait_claims(&s, 4).await;
+    set.wait_pods(&s, 4).await;
+    let out = s.helm("upgrade", &[("replicas", "3")], false).await;
+    s.expect_ok(&out);
+    wait_deleted(&s.pods(), &format!("{REL_SET}-3")).await;
+    for n in 0..4 {
+        let dir = claim_dir(&s, &set.claim(n)).await;
+        std::fs::write(dir.join("ordinal"), format!("{n}\n")).unwrap();
+    }
+    let before = get(&s.sets(), REL_SET).await;
+
+    // Without the hook: the API refuses the new template, and helm says so.
+    let out = s
+        .helm(
+            "upgrade",
+            &[
+                ("persistence.storageClass", &s.b),
+                ("storageclassMigrate.allowMigration", "false"),
+            ],
+            false,
+        )
+        .await;
+    s.expect_failed(&out);
+    assert!(
+        out.stderr.contains(FORBIDDEN) || out.stderr.contains("field is immutable"),
+        "{out}"
+    );
+    eprintln!(
+        "helm {} without the hook: {}",
+        helm.major(),
+        out.stderr.trim()
+    );
+    assert_eq!(get(&s.sets(), REL_SET).await.uid(), before.uid());
+
+    // With the hook.
+    let out = s
+        .helm(
+            "upgrade",
+            &[
+                ("persistence.storageClass", &s.b),
+                ("storageclassMigrate.allowMigration", "true"),
+                ("storageclassMigrate.data", "copy"),
+                ("storageclassMigrate.timeout", "60s"),
+            ],
+            false,
+        )
+        .await;
+    s.expect_ok(&out);
+    let run = s
+        .runner
+        .runs()
+        .into_iter()
+        .rfind(|r| r.job.as_deref() == Some("rel-db-storageclass-migrate"))
+        .unwrap_or_else(|| panic!("the hook did not run\n{}", s.runner.report()));
+    assert_eq!(run.exit_code, 0, "{run}");
+    let outcomes = Outcome::parse_all(
+        &run.output
+            .lines()
+            .filter(|l| l.starts_with("{\"claim\""))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{run}"));
+    assert_eq!(outcomes[0].result, "migrated", "{run}");
+    assert_eq!(outcomes.len(), 5, "{run}");
+    let now = get(&s.sets(), REL_SET).await;
+    assert_ne!(
+        now.uid(),
+        before.uid(),
+        "the StatefulSet was not created again"
+    );
+    let template = &now
+        .spec
+        .as_ref()
+        .unwrap()
+        .volume_claim_templates
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        template
+            .spec
+            .as_ref()
+            .unwrap()
+            .storage_class_name
+            .as_deref(),
+        Some(s.b.as_str())
+    );
+    for n in 0..4 {
+        let claim = wait_bound(s.client(), s.name(), &set.claim(n)).await;
+        assert_eq!(
+            claim_class(&claim),
+            Some(s.b.as_str()),
+            "{}",
+            claim.name_any()
+        );
+        let dir = claim_dir(&s, &set.claim(n)).await;
+        let text = std::fs::read_to_string(dir.join("ordinal")).unwrap();
+        assert_eq!(text, format!("{n}\n"), "{}", claim.name_any());
+    }
+    set.wait_pods(&s, 3).await;
+}
+
+#[tokio::test]
+async fn helm_3_upgrade_moves_the_statefulset_with_its_data() {
+    helm_upgrade_moves_the_statefulset_with_its_data(Helm::V3).await;
+}
+
+#[tokio::test]
+async fn helm_4_upgrade_moves_the_statefulset_with_its_data() {
+    helm_upgrade_moves_the_statefulset_with_its_data(Helm::V4).await;
 }

@@ -68,15 +68,15 @@ and "values" arguments).
 {{- $out := .out -}}
 {{- $p := "storageclass-migrate" -}}
 {{- if not (kindIs "map" $args) -}}
-{{- fail (printf "%s: call it as include \"storageclass-migrate.hook\" (dict \"claim\" NAME \"storageClass\" CLASS \"context\" $)" $p) -}}
+{{- fail (printf "%s: call it as include \"storageclass-migrate.hook\" (dict \"claim\" NAME \"storageClass\" CLASS \"context\" $), or with \"statefulSet\" NAME \"template\" NAME instead of \"claim\"" $p) -}}
 {{- end -}}
 {{- $ctx := get $args "context" -}}
 {{- if not $ctx -}}
 {{- fail (printf "%s: the argument \"context\" is missing: pass the chart's root context, (dict ... \"context\" $)" $p) -}}
 {{- end -}}
 {{- range $key, $_ := $args -}}
-{{- if not (has $key (list "context" "claim" "claims" "selector" "storageClass" "name" "settings" "values")) -}}
-{{- fail (printf "%s: unknown argument %q (known: context, claim, claims, selector, storageClass, name, settings, values)" $p $key) -}}
+{{- if not (has $key (list "context" "claim" "claims" "selector" "statefulSet" "template" "storageClass" "name" "settings" "values")) -}}
+{{- fail (printf "%s: unknown argument %q (known: context, claim, claims, selector, statefulSet, template, storageClass, name, settings, values)" $p $key) -}}
 {{- end -}}
 {{- end -}}
 
@@ -121,8 +121,25 @@ and "values" arguments).
 {{- end -}}
 {{- $claims = concat $claims (get $args "claims") -}}
 {{- end -}}
-{{- if not (or $claims $selector) -}}
-{{- fail (printf "%s: no claim given: pass \"claim\" NAME, \"claims\" (list NAME ...) or \"selector\" LABEL-SELECTOR" $p) -}}
+{{- /* A StatefulSet: its claims are <template>-<statefulSet>-<ordinal>, found by the binary. */ -}}
+{{- $statefulSet := get $args "statefulSet" | default "" -}}
+{{- $template := get $args "template" | default "" -}}
+{{- if $statefulSet -}}
+{{- if or $claims $selector -}}
+{{- fail (printf "%s: \"statefulSet\" finds the claims by its template: leave \"claim\", \"claims\" and \"selector\" out" $p) -}}
+{{- end -}}
+{{- range $what, $value := dict "statefulSet" $statefulSet "template" $template -}}
+{{- if not (and (kindIs "string" $value) (regexMatch (include "storageclass-migrate.dnsSubdomainPattern" dict) $value) (le (len $value) 63) (not (contains "." $value))) -}}
+{{- fail (printf "%s: \"%s\" %q is not a valid name (lowercase letters, digits and '-', at most 63 characters); \"template\" names the volumeClaimTemplate, which the hook needs to find the claims again once the StatefulSet is gone" $p $what (toString $value)) -}}
+{{- end -}}
+{{- end -}}
+{{- else if $template -}}
+{{- fail (printf "%s: \"template\" goes with \"statefulSet\"" $p) -}}
+{{- end -}}
+{{- $_ = set $out "statefulSet" $statefulSet -}}
+{{- $_ = set $out "template" $template -}}
+{{- if not (or $claims $selector $statefulSet) -}}
+{{- fail (printf "%s: no claim given: pass \"claim\" NAME, \"claims\" (list NAME ...), \"selector\" LABEL-SELECTOR, or \"statefulSet\" NAME \"template\" NAME" $p) -}}
 {{- end -}}
 {{- if not (kindIs "string" $selector) -}}
 {{- fail (printf "%s: the argument \"selector\" must be a label selector string such as \"app=db\"" $p) -}}
@@ -156,6 +173,8 @@ got, even when the cluster's default class changes. To move claims to the defaul
 {{- if not $id -}}
 {{- if $claims -}}
 {{- $id = join "-" $claims -}}
+{{- else if $statefulSet -}}
+{{- $id = $statefulSet -}}
 {{- else -}}
 {{- $id = printf "selector-%s" (sha256sum $selector | trunc 8) -}}
 {{- end -}}
@@ -370,7 +389,13 @@ namespace; "limitToStatefulSetName": the rule names the StatefulSet.
 - apiGroups: {{ toJson $rule.apiGroups }}
   resources: {{ toJson $rule.resources }}
   verbs: {{ toJson $rule.verbs }}
-{{- if gt (len (without (list (get $rule "limitToClaimNames") (get $rule "limitToNamespace") (get $rule "limitToStatefulSetName")) false nil)) 1 -}}
+{{- $limits := 0 -}}
+{{- range $limit := list "limitToClaimNames" "limitToNamespace" "limitToStatefulSetName" -}}
+{{- if get $rule $limit -}}
+{{- $limits = add1 $limits -}}
+{{- end -}}
+{{- end -}}
+{{- if gt $limits 1 -}}
 {{- fail "storageclass-migrate: rbac-rules.json: a rule can have only one of limitToClaimNames, limitToNamespace and limitToStatefulSetName" -}}
 {{- end -}}
 {{- if and (get $rule "limitToClaimNames") $state.claims (not $state.selector) }}
