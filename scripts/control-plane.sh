@@ -34,7 +34,9 @@ start_timeout=${CONTROL_PLANE_START_TIMEOUT:-120}
 # root-ca-certificate-publisher creates the kube-root-ca.crt ConfigMap in every namespace;
 # disruption keeps PodDisruptionBudget status current, which the Eviction API requires;
 # clusterrole-aggregation fills the aggregated admin/edit/view ClusterRoles; replicaset makes the
-# pods of a ReplicaSet, which a budget with maxUnavailable needs to count its pods.
+# pods of a ReplicaSet, which a budget with maxUnavailable needs to count its pods; statefulset
+# makes the pods and claims of a StatefulSet from its templates (there is no scheduler: tests bind
+# those pods to a node through pods/binding, as the scheduler would).
 #
 # kube-controller-manager also runs with --enable-hostpath-provisioner: the PV controller then
 # provisions claims of classes with provisioner kubernetes.io/host-path (Immediate binding; no
@@ -58,6 +60,7 @@ controllers=(
   disruption-controller
   clusterrole-aggregation-controller
   replicaset-controller
+  statefulset-controller
 )
 
 script_name=control-plane

@@ -362,6 +362,8 @@ pub enum Refusal {
     HeldBack {
         claims: Vec<String>,
     },
+    /// A `--statefulset` run cannot go on (which template, the StatefulSet replaced, ...).
+    StatefulSet(crate::statefulset::plan::SetRefusal),
 }
 
 impl fmt::Display for Refusal {
@@ -409,6 +411,7 @@ impl fmt::Display for Refusal {
                 "held back: {} of this run could not go through, and a run changes nothing unless every claim can",
                 claims.join(", ")
             ),
+            Refusal::StatefulSet(refusal) => refusal.fmt(f),
         }
     }
 }

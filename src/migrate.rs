@@ -100,7 +100,7 @@ impl Context {
     }
 
     /// The desired StorageClass, read once per run; None when it does not exist.
-    async fn target_class(&self, target: &Target) -> Result<Option<&StorageClass>, Error> {
+    pub async fn target_class(&self, target: &Target) -> Result<Option<&StorageClass>, Error> {
         let Target::Class(name) = target else {
             return Ok(None);
         };

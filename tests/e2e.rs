@@ -21,7 +21,7 @@
 //! `STORAGECLASS_MIGRATE_HOOK_RUNNER=binary` runs the host binary instead of the image.
 //!
 //! Every scenario is an `async fn scenario(helm: Helm)` run twice, by the tests
-//! `scenario::helm_3` and `scenario::helm_4` ([`helm_3_and_4!`]): once with Helm 3
+//! `scenario::helm_3` and `scenario::helm_4` (`testkit::helm_3_and_4!`): once with Helm 3
 //! (scripts/build-helm.sh) and once with Helm 4 (`HELM_MODULE=helm4 scripts/build-helm.sh`).
 
 use std::{fs, io::Read, os::unix::fs::MetadataExt, path::Path, sync::Arc, time::Duration};
@@ -30,29 +30,10 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use testkit::files::{chmod, chown, data_dir, is_root};
 use testkit::helm::{Helm, HelmOut};
+use testkit::helm_3_and_4;
 use testkit::hook_runner::{How, Rendezvous, RunnerOpts};
 use testkit::prelude::*;
 use testkit::release::{CLAIM, Hook, JOB, Release, ReleaseOpts, skip_without_script};
-
-/// For each `async fn scenario(helm: Helm)` named, the tests `scenario::helm_3` and
-/// `scenario::helm_4`, which run it with that helm.
-macro_rules! helm_3_and_4 {
-    ($($scenario:ident),+ $(,)?) => {$(
-        mod $scenario {
-            use testkit::helm::Helm;
-
-            #[tokio::test]
-            async fn helm_3() {
-                super::$scenario(Helm::V3).await;
-            }
-
-            #[tokio::test]
-            async fn helm_4() {
-                super::$scenario(Helm::V4).await;
-            }
-        }
-    )+};
-}
 
 /// A Retain volume `<ns>-<suffix>` on `class`.
 fn retained(suffix: &str, class: &str) -> Volume {

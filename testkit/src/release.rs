@@ -1,5 +1,6 @@
-//! One release of `examples/app` in a namespace of its own, installed and upgraded with helm
-//! while a [`HookRunner`] runs its hook Job's pods: the scene of the end-to-end tests.
+//! One release of `examples/app` (or `examples/statefulset`) in a namespace of its own, installed
+//! and upgraded with helm while a [`HookRunner`] runs its hook Job's pods: the scene of the
+//! end-to-end tests.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -54,6 +55,18 @@ pub const RELEASE: &str = "rel";
 pub const CLAIM: &str = "rel-data";
 pub const JOB: &str = "rel-data-storageclass-migrate";
 
+/// Which example chart a release installs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Example {
+    /// examples/app: the claim `rel-data`.
+    App,
+    /// examples/statefulset: the StatefulSet `rel-db` ([`SET`]), claims `data-rel-db-<n>`.
+    StatefulSet,
+}
+
+/// The StatefulSet of examples/statefulset in a release.
+pub const SET: &str = "rel-db";
+
 /// Which hook the chart runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -89,11 +102,14 @@ pub struct ReleaseOpts {
     pub runner: RunnerOpts,
     /// helm's `--timeout`, e.g. `"90s"` or `"3m"`.
     pub timeout: String,
+    /// The chart (examples/app unless told).
+    pub example: Example,
 }
 
 impl Default for ReleaseOpts {
     fn default() -> Self {
         ReleaseOpts {
+            example: Example::App,
             hook: Hook::Binary,
             helm: Helm::V3,
             class_a: Class::new("a"),
@@ -108,6 +124,7 @@ impl Default for ReleaseOpts {
 /// A and B (no provisioner, Immediate binding, unless given). Derefs to its [`Cluster`].
 pub struct Release {
     pub hook: Hook,
+    pub example: Example,
     /// The helm that runs its commands.
     pub helm: Helm,
     /// helm's `--timeout`.
@@ -150,6 +167,7 @@ impl Release {
             class_b,
             mut runner,
             timeout,
+            example,
         } = opts;
         let prefix = format!("{prefix}-helm{}", helm.major());
         let c = Cluster::with_classes(&prefix, class_a, class_b).await;
@@ -164,6 +182,7 @@ impl Release {
         Release {
             runner: HookRunner::start(c.name(), runner),
             hook,
+            example,
             helm,
             timeout,
             c,
@@ -171,6 +190,9 @@ impl Release {
     }
 
     pub fn chart(&self) -> PathBuf {
+        if self.example == Example::StatefulSet {
+            return charts().statefulset.clone();
+        }
         match self.hook {
             Hook::Binary => charts().app.clone(),
             Hook::Script => charts()
