@@ -328,6 +328,43 @@ async fn a_budget_that_allows_no_disruption_refuses_before_anything_changes() {
     }
 }
 
+/// `maxUnavailable: 1` allows the eviction of the one pod while its StatefulSet is there; once
+/// the StatefulSet is deleted, orphaning the pod, the disruption controller counts pods through
+/// their controllers and allows none. Refused before the StatefulSet goes.
+#[tokio::test]
+async fn a_budget_counting_through_the_statefulset_refuses_before_anything_changes() {
+    let s = Scene::on_a("sts-budget-max", 1).await;
+    Budget::new("db", "app", SET)
+        .max_unavailable(1)
+        .create(&s.c)
+        .await;
+    let computed = Budget::wait_computed(&s.c, "db", 1).await;
+    assert_eq!(
+        computed.status.as_ref().map(|st| st.disruptions_allowed),
+        Some(1),
+        "{computed:#?}"
+    );
+    let set_before = s.set().await.unwrap();
+    let claim_before = get(&s.c.claims(), &s.set.claim(0)).await;
+
+    let run = s.migrate(&[]).await;
+    run.expect_status(3);
+    let (set, claims) = split(&run);
+    assert_eq!(set.result, "refused", "{run}");
+    assert!(!set.changed && set.done.is_empty(), "{run}");
+    let (name, o) = &claims[0];
+    assert_eq!(o.result, "refused", "{name}\n{run}");
+    assert!(
+        o.error().contains("PodDisruptionBudget db") && o.error().contains("no disruption"),
+        "{name}\n{run}"
+    );
+    let now = s.set().await.expect("the StatefulSet is still there");
+    assert_eq!(now.uid(), set_before.uid());
+    assert_unchanged(&s.c.claims(), &claim_before).await;
+    let pod = get(&s.c.pods(), "db-0").await;
+    assert!(pod.metadata.deletion_timestamp.is_none(), "{pod:#?}");
+}
+
 #[tokio::test]
 async fn a_template_already_on_the_new_class_with_an_old_claim_left_moves_that_claim() {
     // data-db-1 was made on class A (an earlier, interrupted change); the template is on B.

@@ -104,6 +104,12 @@ pub async fn run(
 
     let names = plan.moving();
     ctx.claims = names.clone();
+    if matches!(
+        plan.step,
+        Some(SetStep::Orphan { .. } | SetStep::AwaitGone { .. })
+    ) {
+        ctx.orphaning = Some(plan.name.clone());
+    }
     let ctx = &*ctx;
     let mut claims: Vec<Claim> = names.iter().map(|n| Claim::new(n)).collect();
     let set_label = format!("StatefulSet {}", plan.name);
