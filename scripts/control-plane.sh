@@ -2,7 +2,7 @@
 # A throw-away Kubernetes control plane for integration tests: etcd, kube-apiserver and
 # kube-controller-manager, all listening on 127.0.0.1 only, with their state under one directory.
 #
-#   control-plane.sh start DIR [--owner-pid PID] [--remove-dir]
+#   control-plane.sh start DIR [--owner-pid PID] [--remove-dir] [--csi]
 #       Builds (or reuses) the binaries with build-control-plane.sh, creates certificates and keys,
 #       starts the three servers on free ports and waits until they are ready. Writes into DIR:
 #         admin.kubeconfig  cluster-admin (O=system:masters) client-certificate kubeconfig, context "local"
@@ -10,8 +10,18 @@
 #         env               shell-sourceable: KUBECONFIG, APISERVER_URL, CA_CERT, ETCD_URL, KUBECTL, ...
 #         pids              "name pid starttime" of every process started, used by stop
 #         logs/             one log per process
+#         csi/              with --csi: each driver's socket, volumes/, snapshots/, attributes/
 #       --owner-pid PID  also start a watchdog that stops the control plane once PID has exited.
 #       --remove-dir     with --owner-pid: the watchdog also deletes DIR after stopping.
+#       --csi            also start a CSI stack (scripts/build-csi.sh builds it, cached): two
+#                        instances of the test driver (tools/csi/driver), named
+#                        a.csi.storageclass-migrate.test and b.csi.storageclass-migrate.test,
+#                        each with its external-provisioner and csi-snapshotter, one
+#                        snapshot-controller, the VolumeSnapshot CRDs; a CSIDriver object, a
+#                        StorageClass (Immediate binding, Delete) and a default
+#                        VolumeSnapshotClass per driver, each named csi-a / csi-b. A driver keeps
+#                        each volume as the directory DIR/csi/<driver name>/volumes/<volume
+#                        handle>. Start-up waits until a claim of each class is provisioned.
 #   control-plane.sh stop DIR
 #       Stops exactly the processes recorded in DIR/pids (TERM, then KILL after a grace period).
 #   control-plane.sh status DIR
@@ -350,6 +360,93 @@ start_controller_manager() {
   done
 }
 
+# ---------------------------------------------------------------------------------------------
+# the CSI stack (--csi)
+
+csi_names=(a b)
+csi_driver_name() { echo "$1.csi.storageclass-migrate.test"; }
+csi_sidecars="snapshot-controller csi-provisioner-a csi-snapshotter-a csi-provisioner-b csi-snapshotter-b"
+csi_drivers="csi-driver-a csi-driver-b"
+
+kubectl_admin() { "$bin/kubectl" --kubeconfig="$dir/admin.kubeconfig" "$@"; }
+
+start_csi() {
+  local sidecars driver_dir n name root
+  { read -r sidecars && read -r driver_dir; } < <("$script_dir/build-csi.sh") ||
+    die "scripts/build-csi.sh failed"
+  log "CSI stack binaries in $sidecars and $driver_dir"
+
+  # The snapshot CRDs before anything watches them (the provisioner sweeps snapshot finalizers).
+  kubectl_admin apply --server-side -f "$sidecars/crds" >/dev/null
+  kubectl_admin wait --for=condition=Established --timeout=60s \
+    crd/volumesnapshotclasses.snapshot.storage.k8s.io \
+    crd/volumesnapshotcontents.snapshot.storage.k8s.io \
+    crd/volumesnapshots.snapshot.storage.k8s.io >/dev/null
+
+  for n in "${csi_names[@]}"; do
+    name=$(csi_driver_name "$n")
+    root=$dir/csi/$name
+    mkdir -p "$root"
+    launch "csi-driver-$n" "$driver_dir/csi-test-driver" --name="$name" \
+      --socket="$root/csi.sock" --root="$root"
+    wait_ready "csi-driver-$n" "$last_pid" test -S "$root/csi.sock" || return 1
+    kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: CSIDriver
+metadata: {name: $name}
+spec: {attachRequired: false, podInfoOnMount: false}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: csi-$n}
+provisioner: $name
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+---
+apiVersion: snapshot.storage.k8s.io/v1
+kind: VolumeSnapshotClass
+metadata:
+  name: csi-$n
+  annotations: {snapshot.storage.kubernetes.io/is-default-class: "true"}
+driver: $name
+deletionPolicy: Delete
+EOF
+    launch "csi-provisioner-$n" "$sidecars/csi-provisioner" --csi-address="$root/csi.sock" \
+      --kubeconfig="$dir/admin.kubeconfig" --leader-election=false \
+      --extra-create-metadata \
+      --kube-api-qps=50 --kube-api-burst=100 --retry-interval-max=30s --v=2
+    launch "csi-snapshotter-$n" "$sidecars/csi-snapshotter" --csi-address="$root/csi.sock" \
+      --kubeconfig="$dir/admin.kubeconfig" --leader-election=false \
+      --kube-api-qps=50 --kube-api-burst=100 --retry-interval-max=30s --v=2
+  done
+  launch snapshot-controller "$sidecars/snapshot-controller" \
+    --kubeconfig="$dir/admin.kubeconfig" --leader-election=false \
+    --kube-api-qps=50 --kube-api-burst=100 --retry-interval-max=30s --v=2
+
+  # Ready when a claim of each class is provisioned (and deleted again with its directory).
+  for n in "${csi_names[@]}"; do
+    kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: csi-$n-start-up-check, namespace: default}
+spec:
+  storageClassName: csi-$n
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Mi}}
+EOF
+  done
+  for n in "${csi_names[@]}"; do
+    kubectl_admin wait --for=jsonpath='{.status.phase}'=Bound --timeout="${start_timeout}s" \
+      "pvc/csi-$n-start-up-check" -n default >/dev/null || {
+      log "claim of class csi-$n not provisioned; last lines of $dir/logs/csi-provisioner-$n.log:"
+      tail -n 30 "$dir/logs/csi-provisioner-$n.log" >&2 || true
+      return 1
+    }
+  done
+  kubectl_admin delete pvc -n default csi-a-start-up-check csi-b-start-up-check \
+    --wait=true --timeout=60s >/dev/null
+}
+
 watchdog() { # dir owner-pid owner-start remove-dir
   dir=$1
   local owner=$2 owner_start=$3 remove=$4 sleeper=
@@ -397,7 +494,9 @@ stop_all() {
   local t0 group
   t0=$(now_ms)
   # Controller manager and apiserver first, so neither logs a storm of etcd errors.
-  for group in "watchdog kube-controller-manager kube-apiserver" "etcd"; do
+  # The CSI sidecars before their drivers, all before the servers they talk to.
+  for group in "watchdog $csi_sidecars" "$csi_drivers" \
+    "kube-controller-manager kube-apiserver" "etcd"; do
     # shellcheck disable=SC2086 # group is a list of names
     if ! signal_and_wait TERM "$stop_grace" $group; then
       log "still running after ${stop_grace}s: sending KILL to $group"
@@ -419,7 +518,7 @@ stop_all() {
 }
 
 cmd_start() {
-  local owner='' remove=0
+  local owner='' remove=0 csi=0
   dir=${1:-}
   [ -n "$dir" ] || usage
   shift
@@ -431,6 +530,10 @@ cmd_start() {
       ;;
     --remove-dir)
       remove=1
+      shift
+      ;;
+    --csi)
+      csi=1
       shift
       ;;
     *) usage ;;
@@ -459,7 +562,7 @@ cmd_start() {
   done
   log "binaries in $bin ($(seconds_since "$t0"))"
 
-  rm -rf "$dir/etcd" "$dir/logs" "$dir/pki" "$dir/env" "$dir/admin.kubeconfig"
+  rm -rf "$dir/etcd" "$dir/logs" "$dir/pki" "$dir/env" "$dir/admin.kubeconfig" "$dir/csi"
   mkdir -p "$dir/logs"
   : >"$dir/pids"
   # From here on, a failure stops whatever was already started.
@@ -490,6 +593,14 @@ cmd_start() {
     die "kube-controller-manager is not reconciling"
   log "kube-controller-manager ready in $(seconds_since "$t")"
 
+  local csi_env=''
+  if [ "$csi" = 1 ]; then
+    t=$(now_ms)
+    start_csi || die "the CSI stack did not start"
+    csi_env="export CSI_ROOT='$dir/csi'"
+    log "CSI stack ready in $(seconds_since "$t")"
+  fi
+
   cat >"$dir/env" <<EOF
 export CONTROL_PLANE_DIR='$dir'
 export KUBECONFIG='$dir/admin.kubeconfig'
@@ -498,6 +609,7 @@ export CA_CERT='$dir/ca.crt'
 export ETCD_URL='$etcd_url'
 export KUBECTL='$bin/kubectl'
 export CONTROL_PLANE_BIN_DIR='$bin'
+$csi_env
 EOF
 
   if [ -n "$owner" ]; then

@@ -44,6 +44,9 @@ pub struct ControlPlane {
     pub kubectl: Option<PathBuf>,
     /// True if this process started the control plane.
     pub owned: bool,
+    /// With the CSI stack (`control-plane.sh start DIR --csi`): `DIR/csi`, one directory per
+    /// driver (see [`crate::csi`]).
+    pub csi_root: Option<PathBuf>,
 }
 
 static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
@@ -134,6 +137,10 @@ impl ControlPlane {
             ca: get("CA_CERT")?.into(),
             kubectl: vars.get("KUBECTL").map(PathBuf::from),
             owned,
+            csi_root: vars
+                .get("CSI_ROOT")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         })
     }
 }

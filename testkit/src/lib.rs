@@ -5,6 +5,7 @@
 //! | [`control_plane`] | the local control plane (`scripts/control-plane.sh`), admin clients |
 //! | [`namespace`] | unique names, a namespace per test, the default-class lock |
 //! | [`cluster`] | the usual scene: a namespace with classes A and B, the binary run there |
+//! | [`csi`] | the CSI stack (`control-plane.sh start DIR --csi`): its drivers' directories, the leak check |
 //! | [`objects`] | builders: classes (also host-path provisioned), volumes, claims, pods, nodes, budgets, Jobs that mount claims, StatefulSets |
 //! | [`rbac`] | service accounts with rules (the chart's), tokens, token kubeconfigs |
 //! | [`api`] | create, read, wait for, unchanged-object checks |
@@ -51,6 +52,7 @@ pub mod binary;
 pub mod binder;
 pub mod cluster;
 pub mod control_plane;
+pub mod csi;
 pub mod fault_proxy;
 pub mod files;
 pub mod helm;

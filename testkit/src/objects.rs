@@ -88,6 +88,7 @@ pub const HOST_PATH_PROVISIONER_ROOT: &str = "/tmp/hostpath_pv";
 pub struct Class {
     suffix: String,
     provisioner: String,
+    parameters: BTreeMap<String, String>,
     default: bool,
     reclaim_policy: String,
     binding_mode: String,
@@ -98,6 +99,7 @@ impl Class {
         Class {
             suffix: suffix.into(),
             provisioner: "kubernetes.io/no-provisioner".into(),
+            parameters: BTreeMap::new(),
             default: false,
             reclaim_policy: "Delete".into(),
             binding_mode: "Immediate".into(),
@@ -127,6 +129,21 @@ impl Class {
         self
     }
 
+    /// Provisioned by a CSI driver of the control plane's CSI stack ([`crate::csi::DRIVER_A`],
+    /// [`crate::csi::DRIVER_B`]; `control-plane.sh start DIR --csi`), `Immediate` binding: each
+    /// claim gets a directory of the driver ([`crate::csi::volume_dir`]).
+    pub fn csi(mut self, driver: &str) -> Class {
+        self.provisioner = driver.into();
+        self.binding_mode = "Immediate".into();
+        self
+    }
+
+    /// A parameter, passed by the provisioner to the driver.
+    pub fn parameter(mut self, key: &str, value: &str) -> Class {
+        self.parameters.insert(key.into(), value.into());
+        self
+    }
+
     /// The cluster's default class (hold [`crate::default_class_lock`]).
     pub fn default_class(mut self) -> Class {
         self.default = true;
@@ -144,6 +161,7 @@ impl Class {
             "provisioner": self.provisioner,
             "reclaimPolicy": self.reclaim_policy,
             "volumeBindingMode": self.binding_mode,
+            "parameters": self.parameters,
         }));
         if self.default {
             sc.annotations_mut()
@@ -401,14 +419,18 @@ impl Claim {
     }
 }
 
-/// The directory on this host of a volume: its `hostPath` or `local` path (`None` for other
-/// kinds of volume).
+/// The directory on this host of a volume: its `hostPath` or `local` path, or for a CSI volume of
+/// the control plane's CSI stack the driver's directory for its handle ([`crate::csi::volume_dir`];
+/// `None` for other kinds of volume).
 pub fn volume_dir(pv: &PersistentVolume) -> Option<PathBuf> {
     let spec = pv.spec.as_ref()?;
-    let path = match (&spec.host_path, &spec.local) {
-        (Some(h), _) => &h.path,
-        (None, Some(l)) => &l.path,
-        (None, None) => return None,
+    let path = match (&spec.host_path, &spec.local, &spec.csi) {
+        (Some(h), _, _) => &h.path,
+        (None, Some(l), _) => &l.path,
+        (None, None, Some(csi)) => {
+            return crate::csi::served_volume_dir(&csi.driver, &csi.volume_handle);
+        }
+        (None, None, None) => return None,
     };
     Some(PathBuf::from(path))
 }

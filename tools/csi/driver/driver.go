@@ -122,6 +122,9 @@ func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		if err := d.writeAttributes(id, req.GetMutableParameters()); err != nil {
 			return nil, err
 		}
+		if err := d.writeOrigin(id, req.GetParameters()); err != nil {
+			return nil, err
+		}
 	}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
 		VolumeId:      id,
@@ -223,6 +226,42 @@ func (d *driver) writeAttributes(id string, params map[string]string) error {
 		return internal(err)
 	}
 	return internal(os.WriteFile(d.attributesFile(id), data, 0o644))
+}
+
+// origin is what <root>/origins/<volume id>.json records of a volume's creation. It stays when
+// the volume is deleted, so that a test can tell which volumes its claims had and whether each
+// was deleted (no directory) or is still there.
+type origin struct {
+	Namespace  string            `json:"namespace"`
+	Claim      string            `json:"claim"`
+	PV         string            `json:"pv"`
+	Parameters map[string]string `json:"parameters"`
+}
+
+// The parameters that external-provisioner adds with --extra-create-metadata.
+const (
+	claimNameKey      = "csi.storage.k8s.io/pvc/name"
+	claimNamespaceKey = "csi.storage.k8s.io/pvc/namespace"
+	pvNameKey         = "csi.storage.k8s.io/pv/name"
+)
+
+func (d *driver) writeOrigin(id string, params map[string]string) error {
+	o := origin{
+		Namespace:  params[claimNamespaceKey],
+		Claim:      params[claimNameKey],
+		PV:         params[pvNameKey],
+		Parameters: map[string]string{},
+	}
+	for k, v := range params {
+		if k != claimNameKey && k != claimNamespaceKey && k != pvNameKey {
+			o.Parameters[k] = v
+		}
+	}
+	data, err := json.Marshal(o)
+	if err != nil {
+		return internal(err)
+	}
+	return internal(os.WriteFile(filepath.Join(d.root, "origins", id+".json"), data, 0o644))
 }
 
 // CreateSnapshot archives the source volume's directory; the snapshot is named after the request

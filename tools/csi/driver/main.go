@@ -8,6 +8,8 @@
 //	<root>/snapshots/<snapshot id>.tar   a snapshot: a tar archive of the volume's directory
 //	<root>/attributes/<volume id>.json   the mutable parameters last applied to the volume (from a
 //	                                     VolumeAttributesClass, at creation or by ModifyVolume)
+//	<root>/origins/<volume id>.json      the claim and parameters it was created for; kept after
+//	                                     the volume is deleted
 //
 // CreateVolume makes an empty directory, or fills it from a snapshot or another volume of this
 // driver (a clone); DeleteVolume removes it. There is no Node service: the tests have no kubelet,
@@ -32,14 +34,14 @@ const version = "1.0.0"
 func main() {
 	name := flag.String("name", "", "driver name, as in the CSIDriver object and StorageClass provisioner")
 	socket := flag.String("socket", "", "path of the unix socket to serve on (replaced if present)")
-	root := flag.String("root", "", "directory holding volumes/, snapshots/ and attributes/")
+	root := flag.String("root", "", "directory holding volumes/, snapshots/, attributes/ and origins/")
 	flag.Parse()
 	if *name == "" || *socket == "" || *root == "" {
 		flag.Usage()
 		os.Exit(2)
 	}
 	d := &driver{name: *name, root: *root}
-	for _, sub := range []string{"volumes", "snapshots", "attributes"} {
+	for _, sub := range []string{"volumes", "snapshots", "attributes", "origins"} {
 		if err := os.MkdirAll(filepath.Join(*root, sub), 0o755); err != nil {
 			log.Fatal(err)
 		}
