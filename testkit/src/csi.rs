@@ -6,6 +6,7 @@
 //! ```text
 //! DIR/csi/<driver>/volumes/<volume handle>      the volume's data (pvc-<claim uid>)
 //! DIR/csi/<driver>/origins/<volume handle>.json the claim it was made for; kept after deletion
+//! DIR/csi/<driver>/holds/<volume handle>        while present, DeleteVolume fails
 //! ```
 //!
 //! so a test sees what the provisioner really deleted, and [`assert_no_leak`] checks that every
@@ -169,6 +170,18 @@ fn pv_names_by_handle(pvs: &[PersistentVolume]) -> BTreeMap<(String, String), St
             Some(((csi.driver.clone(), csi.volume_handle.clone()), name))
         })
         .collect()
+}
+
+/// Makes the driver refuse (`hold`) or accept again DeleteVolume of volume `handle`: while the
+/// file `holds/<handle>` exists, DeleteVolume fails with FAILED_PRECONDITION, as for a disk still
+/// attached to a node, and external-provisioner retries with back-off.
+pub fn hold_deletion(driver: &str, handle: &str, hold: bool) {
+    let file = csi_root().join(driver).join("holds").join(handle);
+    if hold {
+        std::fs::write(&file, "").unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+    } else {
+        std::fs::remove_file(&file).unwrap_or_else(|e| panic!("removing {}: {e}", file.display()));
+    }
 }
 
 /// How long a directory may lack its PV: the provisioner creates the PV object just after the

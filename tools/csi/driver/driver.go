@@ -180,6 +180,9 @@ func (d *driver) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest) (
 	if err := checkID("volume", id); err != nil {
 		return nil, err
 	}
+	if hold := filepath.Join(d.root, "holds", id); exists(hold) {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is held (%s exists)", id, hold)
+	}
 	if err := os.RemoveAll(d.volumeDir(id)); err != nil {
 		return nil, internal(err)
 	}

@@ -10,6 +10,8 @@
 //	                                     VolumeAttributesClass, at creation or by ModifyVolume)
 //	<root>/origins/<volume id>.json      the claim and parameters it was created for; kept after
 //	                                     the volume is deleted
+//	<root>/holds/<volume id>             while present, DeleteVolume fails (FailedPrecondition),
+//	                                     as for a disk still attached to a node
 //
 // CreateVolume makes an empty directory, or fills it from a snapshot or another volume of this
 // driver (a clone); DeleteVolume removes it. There is no Node service: the tests have no kubelet,
@@ -34,14 +36,14 @@ const version = "1.0.0"
 func main() {
 	name := flag.String("name", "", "driver name, as in the CSIDriver object and StorageClass provisioner")
 	socket := flag.String("socket", "", "path of the unix socket to serve on (replaced if present)")
-	root := flag.String("root", "", "directory holding volumes/, snapshots/, attributes/ and origins/")
+	root := flag.String("root", "", "directory holding volumes/, snapshots/, attributes/, origins/ and holds/")
 	flag.Parse()
 	if *name == "" || *socket == "" || *root == "" {
 		flag.Usage()
 		os.Exit(2)
 	}
 	d := &driver{name: *name, root: *root}
-	for _, sub := range []string{"volumes", "snapshots", "attributes", "origins"} {
+	for _, sub := range []string{"volumes", "snapshots", "attributes", "origins", "holds"} {
 		if err := os.MkdirAll(filepath.Join(*root, sub), 0o755); err != nil {
 			log.Fatal(err)
 		}

@@ -1,0 +1,233 @@
+//! Migrations of volumes that a CSI driver provisioned, on the control plane's CSI stack
+//! (`scripts/control-plane.sh start DIR --csi`: external-provisioner in front of the test driver,
+//! which keeps each volume as a directory; see `testkit::csi`). external-provisioner puts its
+//! finalizer on every volume and deletes the backing storage (here: the directory) through the
+//! driver's DeleteVolume. Every test ends with the leak check: each volume its claims ever had is
+//! either gone from disk or still named by a PersistentVolume.
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use testkit::csi::{
+    DRIVER_A, DRIVER_B, assert_no_leak, hold_deletion, volume_dir, volumes_of, wait_deleted,
+};
+use testkit::prelude::*;
+
+/// The claim is deleted and waited for; the volume follows by its reclaim policy.
+const DELETED: &str =
+    "migrated: found class, volume; done claim-deleted, claim-gone, volume-reclaimed";
+/// A Retain volume is kept, Released, with the old data.
+const KEPT: &str =
+    "migrated: found class, volume; done claim-deleted, claim-gone; left volume-kept";
+/// `--delete-retained-pv`: the Retain volume is marked, switched to Delete and reclaimed.
+const RECLAIMED: &str = "migrated: found class, volume; done volume-marked, claim-deleted, claim-gone, volume-reclaim-delete, volume-reclaimed";
+
+/// Claim `data` on class A, bound to a volume the driver provisioned, with a file in it. Returns
+/// the volume and its handle.
+async fn bound_with_data(c: &Cluster) -> (PersistentVolume, String) {
+    Claim::new("data").class(&c.a).create_bound(c).await;
+    let dir = claim_dir(c, "data").await;
+    std::fs::write(dir.join("old.txt"), "old data").expect("writing into the volume");
+    let claim = read(&c.claims(), "data").await.expect("claim data");
+    let pv = get(&c.pvs(), volume_name(&claim).expect("bound")).await;
+    let csi = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.clone())
+        .expect("a CSI volume");
+    // external-provisioner guards the volumes it must delete (reclaim policy Delete) with its
+    // finalizer, so that the PV object outlives the backing storage (KEP-2644).
+    let delete = pv
+        .spec
+        .as_ref()
+        .unwrap()
+        .persistent_volume_reclaim_policy
+        .as_deref()
+        == Some("Delete");
+    let mut finalizers = pv.finalizers().to_vec();
+    finalizers.sort();
+    let mut expected = vec![PV_PROTECTION.to_string()];
+    if delete {
+        expected.insert(0, PROVISIONER_FINALIZER.to_string());
+    }
+    assert_eq!(finalizers, expected, "finalizers of {}", pv.name_any());
+    (pv, csi.volume_handle)
+}
+
+/// What the chart does next: the claim again, now on class B.
+async fn recreate_on_b(c: &Cluster) -> std::path::PathBuf {
+    Claim::new("data").class(&c.b).create_bound(c).await;
+    claim_dir(c, "data").await
+}
+
+#[tokio::test]
+async fn delete_volume_is_deleted_by_its_driver_and_the_new_claim_gets_the_other_driver() {
+    let c = Cluster::with_classes(
+        "csi-delete",
+        Class::new("a").csi(DRIVER_A),
+        Class::new("b").csi(DRIVER_B),
+    )
+    .await;
+    let (pv, handle) = bound_with_data(&c).await;
+
+    let run = c.migrate("data", &[("WAIT_TIMEOUT", "60s")]).await;
+    let o = run.expect_shape(0, DELETED);
+    assert_eq!(
+        o.done_names("volume-reclaimed"),
+        [pv.name_any().as_str()],
+        "{run}"
+    );
+
+    // The provisioner called DeleteVolume: the directory is gone, and so is the PV.
+    assert!(!volume_dir(DRIVER_A, &handle).exists());
+    assert!(read(&c.pvs(), &pv.name_any()).await.is_none());
+    let new_dir = recreate_on_b(&c).await;
+    assert!(
+        new_dir.starts_with(volume_dir(DRIVER_B, "")),
+        "{}",
+        new_dir.display()
+    );
+    assert!(!new_dir.join("old.txt").exists(), "a new, empty volume");
+
+    let volumes = assert_no_leak(&c).await;
+    assert_eq!(volumes.len(), 2, "{volumes:#?}");
+}
+
+#[tokio::test]
+async fn retain_volume_is_kept_with_its_data() {
+    let c = Cluster::with_classes(
+        "csi-retain",
+        Class::new("a").csi(DRIVER_A).retain(),
+        Class::new("b").csi(DRIVER_A).parameter("tier", "fast"),
+    )
+    .await;
+    let (pv, handle) = bound_with_data(&c).await;
+
+    let run = c.migrate("data", &[("WAIT_TIMEOUT", "60s")]).await;
+    let o = run.expect_shape(0, KEPT);
+    assert_eq!(
+        o.left_names("volume-kept"),
+        [pv.name_any().as_str()],
+        "{run}"
+    );
+
+    let kept = wait_pv_phase(c.client(), &pv.name_any(), "Released").await;
+    assert_eq!(kept.uid(), pv.uid());
+    let old = volume_dir(DRIVER_A, &handle).join("old.txt");
+    assert_eq!(
+        std::fs::read_to_string(&old).expect("the old data"),
+        "old data"
+    );
+    // Same driver, new class: the new volume gets class B's parameters.
+    let new_dir = recreate_on_b(&c).await;
+    let new_handle = new_dir.file_name().unwrap().to_string_lossy().into_owned();
+    let volumes = assert_no_leak(&c).await;
+    let new = volumes
+        .iter()
+        .find(|v| v.handle == new_handle)
+        .expect("the new volume");
+    assert_eq!(
+        new.origin.parameters.get("tier").map(String::as_str),
+        Some("fast")
+    );
+
+    // Clean up as an administrator would: Delete policy, so the driver reclaims it too.
+    c.pvs()
+        .patch(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}})),
+        )
+        .await
+        .expect("switching the kept volume to Delete");
+    wait_deleted(DRIVER_A, &handle).await;
+    assert_no_leak(&c).await;
+}
+
+#[tokio::test]
+async fn delete_retained_pv_reclaims_the_directory() {
+    let c = Cluster::with_classes(
+        "csi-reclaim",
+        Class::new("a").csi(DRIVER_A).retain(),
+        Class::new("b").csi(DRIVER_B),
+    )
+    .await;
+    let (pv, handle) = bound_with_data(&c).await;
+
+    let run = c
+        .migrate(
+            "data",
+            &[("WAIT_TIMEOUT", "60s"), ("DELETE_RETAINED_PV", "true")],
+        )
+        .await;
+    let o = run.expect_shape(0, RECLAIMED);
+    assert_eq!(
+        o.done_names("volume-reclaimed"),
+        [pv.name_any().as_str()],
+        "{run}"
+    );
+
+    // Reclaimed through the driver, not just forgotten by the API.
+    assert!(!volume_dir(DRIVER_A, &handle).exists());
+    assert!(read(&c.pvs(), &pv.name_any()).await.is_none());
+    recreate_on_b(&c).await;
+    assert_no_leak(&c).await;
+}
+
+/// The kubectl script's commands (`kubectl-hook.sh`: strip the claim's finalizers, delete it,
+/// strip the volume's finalizers, delete it) on a CSI volume of a Delete class: the PV object is
+/// gone at once, before the provisioner could call DeleteVolume, and the directory stays with no
+/// PersistentVolume naming it (KEP-2644's leak). What the hook never does. The driver holds the
+/// volume (`hold_deletion`: DeleteVolume fails, as for a disk still attached to a node that is
+/// going away), so the script's commands run while the provisioner is still retrying, as they do
+/// against a real storage backend; without the hold the local driver deletes within milliseconds.
+#[tokio::test]
+async fn script_finalizer_strip_leaks_the_directory() {
+    let c = Cluster::with_classes(
+        "csi-script",
+        Class::new("a").csi(DRIVER_A),
+        Class::new("b").csi(DRIVER_B),
+    )
+    .await;
+    let (pv, handle) = bound_with_data(&c).await;
+    hold_deletion(DRIVER_A, &handle, true);
+    let strip = Patch::Merge(json!({"metadata": {"finalizers": []}}));
+    c.claims()
+        .patch("data", &PatchParams::default(), &strip)
+        .await
+        .expect("kubectl patch pvc ... finalizers: []");
+    c.claims()
+        .delete("data", &DeleteParams::default())
+        .await
+        .expect("kubectl delete pvc");
+    testkit::wait_deleted(&c.claims(), "data").await;
+    c.pvs()
+        .patch(&pv.name_any(), &PatchParams::default(), &strip)
+        .await
+        .expect("kubectl patch pv ... finalizers: []");
+    let _ = c
+        .pvs()
+        .delete(&pv.name_any(), &DeleteParams::default())
+        .await;
+    testkit::wait_deleted(&c.pvs(), &pv.name_any()).await;
+
+    // The backend lets go; the provisioner would now succeed, but it has no PV left to act on.
+    hold_deletion(DRIVER_A, &handle, false);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let dir = volume_dir(DRIVER_A, &handle);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("old.txt")).expect("the leaked data"),
+        "old data"
+    );
+    let volumes = volumes_of(&c).await;
+    let leaked: Vec<&str> = volumes
+        .iter()
+        .filter(|v| v.leaked())
+        .map(|v| v.handle.as_str())
+        .collect();
+    assert_eq!(leaked, [handle.as_str()], "{volumes:#?}");
+
+    // Not left for other tests' checks (they only look at their own namespaces anyway).
+    std::fs::remove_dir_all(&dir).expect("removing the leaked directory");
+    assert_no_leak(&c).await;
+}
