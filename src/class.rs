@@ -61,9 +61,75 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// True when moving from class `old` to class `new` changes only `parameters`: same
+/// provisioner, binding mode (unset is `Immediate`) and reclaim policy (unset is `Delete`). Such
+/// a change (a disk type, IOPS, throughput) can often be made in place with a
+/// VolumeAttributesClass (GA in Kubernetes 1.34), if the driver supports ModifyVolume, without
+/// moving any data. Only a hint: the migration runs all the same.
+pub fn only_parameters_differ(
+    old: &k8s_openapi::api::storage::v1::StorageClass,
+    new: &k8s_openapi::api::storage::v1::StorageClass,
+) -> bool {
+    let binding = |c: &k8s_openapi::api::storage::v1::StorageClass| {
+        c.volume_binding_mode
+            .clone()
+            .unwrap_or_else(|| "Immediate".into())
+    };
+    let reclaim = |c: &k8s_openapi::api::storage::v1::StorageClass| {
+        c.reclaim_policy.clone().unwrap_or_else(|| "Delete".into())
+    };
+    let params =
+        |c: &k8s_openapi::api::storage::v1::StorageClass| c.parameters.clone().unwrap_or_default();
+    old.provisioner == new.provisioner
+        && binding(old) == binding(new)
+        && reclaim(old) == reclaim(new)
+        && params(old) != params(new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::storage::v1::StorageClass;
+
+    fn class(provisioner: &str, reclaim: Option<&str>, params: &[(&str, &str)]) -> StorageClass {
+        StorageClass {
+            provisioner: provisioner.into(),
+            reclaim_policy: reclaim.map(str::to_string),
+            parameters: Some(
+                params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..StorageClass::default()
+        }
+    }
+
+    #[test]
+    fn volume_attributes_class_hint() {
+        let gp2 = class("ebs.csi.aws.com", None, &[("type", "gp2")]);
+        let gp3 = class("ebs.csi.aws.com", Some("Delete"), &[("type", "gp3")]);
+        assert!(
+            only_parameters_differ(&gp2, &gp3),
+            "unset reclaim policy is Delete"
+        );
+        // Nothing differs: not a parameters-only change.
+        assert!(!only_parameters_differ(&gp2, &gp2.clone()));
+        // Another driver, reclaim policy or binding mode: a real move.
+        let other = class("disk.csi.azure.com", None, &[("type", "gp3")]);
+        assert!(!only_parameters_differ(&gp2, &other));
+        let retain = class("ebs.csi.aws.com", Some("Retain"), &[("type", "gp3")]);
+        assert!(!only_parameters_differ(&gp2, &retain));
+        let mut late = gp3.clone();
+        late.volume_binding_mode = Some("WaitForFirstConsumer".into());
+        assert!(!only_parameters_differ(&gp2, &late));
+        let mut immediate = gp3.clone();
+        immediate.volume_binding_mode = Some("Immediate".into());
+        assert!(
+            only_parameters_differ(&gp2, &immediate),
+            "unset binding is Immediate"
+        );
+    }
 
     #[test]
     fn parse_desired() {
