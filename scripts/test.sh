@@ -25,6 +25,7 @@ cp=$root/scripts/control-plane.sh
 "$root/scripts/build-control-plane.sh" >/dev/null
 "$root/scripts/build-helm.sh" >/dev/null
 HELM_MODULE=helm4 "$root/scripts/build-helm.sh" >/dev/null
+"$root/scripts/build-csi.sh" >/dev/null
 "$root/scripts/build-image.sh"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/storageclass-migrate-test.XXXXXX")
 
@@ -44,7 +45,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # The owner watchdog is a safety net should this script be killed without running its traps.
-"$cp" start "$dir" --owner-pid $$
+# --csi: the CSI stack for tests/csi.rs (about 4 s more; its build is cached).
+"$cp" start "$dir" --owner-pid $$ --csi
 export STORAGECLASS_MIGRATE_CONTROL_PLANE=$dir
 
 # cargo ignores --test, --lib and the like next to --all-targets.
