@@ -66,6 +66,8 @@ pub struct Context {
     /// pods are planned for as they will be then, without that controller.
     pub orphaning: Option<String>,
     target_class: OnceCell<Option<StorageClass>>,
+    /// Set once the VolumeAttributesClass hint was considered.
+    hinted: OnceCell<()>,
     pods: OnceCell<Vec<Pod>>,
     budgets: OnceCell<Vec<PodDisruptionBudget>>,
     marked: OnceCell<Vec<PersistentVolume>>,
@@ -95,6 +97,7 @@ impl Context {
             copy,
             orphaning: None,
             target_class: OnceCell::new(),
+            hinted: OnceCell::new(),
             pods: OnceCell::new(),
             budgets: OnceCell::new(),
             marked: OnceCell::new(),
@@ -117,6 +120,32 @@ impl Context {
             })
             .await
             .map(Option::as_ref)
+    }
+
+    /// Once per run, for the first class change: when the old class differs from the desired
+    /// one only in `parameters`, says that a VolumeAttributesClass may change those in place.
+    /// Only a hint: a class that cannot be read is left at that (logged at debug level).
+    async fn hint_attributes_class(&self, from: &str, to: &StorageClass) {
+        self.hinted
+            .get_or_init(|| async {
+                let request = Request::new("get", "storageclasses").name(from);
+                let old = self
+                    .cluster
+                    .fetch(request, || self.cluster.classes.get_opt(from))
+                    .await;
+                match old {
+                    Ok(Some(old)) if crate::class::only_parameters_differ(&old, to) => info!(
+                        from,
+                        to = %to.name_any(),
+                        "the classes differ only in parameters: a VolumeAttributesClass can \
+                         change those in place without moving the data (Kubernetes 1.34+, a CSI \
+                         driver with ModifyVolume); the migration runs all the same"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => tracing::debug!(from, %error, "old class not read for the hint"),
+                }
+            })
+            .await;
     }
 
     /// How the copy runs, with `--data copy`.
@@ -400,6 +429,9 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
         Some(target) if class_change => ctx.target_class(target).await?,
         _ => None,
     };
+    if let (Some(from), Some(to)) = (from, target_class) {
+        ctx.hint_attributes_class(from, to).await;
+    }
     let target_exists = match target {
         Some(Target::Class(_)) if class_change => target_class.is_some(),
         _ => true,

@@ -93,6 +93,54 @@ async fn delete_volume_is_deleted_by_its_driver_and_the_new_claim_gets_the_other
     assert_eq!(volumes.len(), 2, "{volumes:#?}");
 }
 
+/// Whether the run logged (as JSON) that a VolumeAttributesClass could make the change.
+fn hinted_attributes_class(run: &Run) -> bool {
+    run.stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|l| {
+            l["level"] == "INFO"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("VolumeAttributesClass"))
+        })
+}
+
+/// Classes of one driver, one reclaim policy and binding mode, that differ only in a parameter:
+/// the run says once that a VolumeAttributesClass could change it in place, and migrates all the
+/// same. Across drivers it says nothing.
+#[tokio::test]
+async fn a_change_of_parameters_alone_hints_at_a_volume_attributes_class() {
+    let c = Cluster::with_classes(
+        "csi-hint",
+        Class::new("a").csi(DRIVER_A).parameter("tier", "standard"),
+        Class::new("b").csi(DRIVER_A).parameter("tier", "fast"),
+    )
+    .await;
+    bound_with_data(&c).await;
+    let json_logs = ("LOG_FORMAT", "json");
+    let run = c
+        .migrate("data", &[("WAIT_TIMEOUT", "60s"), json_logs])
+        .await;
+    run.expect_shape(0, DELETED);
+    assert!(hinted_attributes_class(&run), "{}", run.stderr);
+    assert_no_leak(&c).await;
+
+    let other = Cluster::with_classes(
+        "csi-no-hint",
+        Class::new("a").csi(DRIVER_A).parameter("tier", "standard"),
+        Class::new("b").csi(DRIVER_B).parameter("tier", "fast"),
+    )
+    .await;
+    bound_with_data(&other).await;
+    let run = other
+        .migrate("data", &[("WAIT_TIMEOUT", "60s"), json_logs])
+        .await;
+    run.expect_shape(0, DELETED);
+    assert!(!hinted_attributes_class(&run), "{}", run.stderr);
+    assert_no_leak(&other).await;
+}
+
 #[tokio::test]
 async fn retain_volume_is_kept_with_its_data() {
     let c = Cluster::with_classes(

@@ -21,6 +21,7 @@ const VOLUME_WATCH: &str =
 const PODS: &str = "/api/v1/namespaces/apps/pods?&limit=500";
 const NAMESPACE: &str = "/api/v1/namespaces/apps";
 const CLASS_B: &str = "/apis/storage.k8s.io/v1/storageclasses/b";
+const CLASS_A: &str = "/apis/storage.k8s.io/v1/storageclasses/a";
 const MARK: &str = "storageclass-migrate/delete-after-claim";
 
 struct Expect {
@@ -190,6 +191,11 @@ fn class_b() -> Expect {
     expect("GET", CLASS_B, 200, class("b"))
 }
 
+/// The old class, read once per run after the desired one for the VolumeAttributesClass hint.
+fn class_a() -> Expect {
+    expect("GET", CLASS_A, 200, class("a"))
+}
+
 fn pods(items: Vec<Value>) -> Expect {
     expect("GET", PODS, 200, list("PodList", items))
 }
@@ -279,6 +285,7 @@ fn reads_with_a_pod(read: &Value) -> Vec<Expect> {
     vec![
         expect("GET", CLAIM, 200, read.clone()),
         class_b(),
+        class_a(),
         pods(vec![pod("web-0")]),
         budgets_none(),
     ]
@@ -380,6 +387,7 @@ async fn retained_volume_deleted_on_request_is_switched_to_delete_after_a_prefli
     let mut expects = vec![
         expect("GET", CLAIM, 200, claim_read.clone()),
         class_b(),
+        class_a(),
         expect("GET", VOLUME, 200, pv.clone()),
         pods(vec![]),
     ];
@@ -420,6 +428,7 @@ async fn retained_volume_is_kept_and_named() {
         vec![
             expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
             class_b(),
+            class_a(),
             expect("GET", VOLUME, 200, volume("Retain", &[])),
             pods(vec![]),
         ]
@@ -450,6 +459,7 @@ async fn dry_run_sends_every_write_with_dry_run_all_and_nothing_else() {
     let mut expects = vec![
         expect("GET", CLAIM, 200, claim("a", Some("pv-1"), &[])),
         class_b(),
+        class_a(),
         expect("GET", VOLUME, 200, pv.clone()),
         pods(vec![pod("web-0")]),
         budgets_none(),
@@ -490,6 +500,7 @@ async fn force_strips_pvc_protection_with_a_resource_version_merge_patch_and_ret
             vec![
                 expect("GET", CLAIM, 200, read.clone()),
                 class_b(),
+                class_a(),
                 pods(vec![pod("web-0")]),
             ],
             waits(false),
@@ -606,6 +617,7 @@ async fn replaced_claim_is_refused_on_uid_precondition() {
             vec![
                 expect("GET", CLAIM, 200, claim("a", None, &[])),
                 class_b(),
+                class_a(),
                 pods(vec![]),
             ],
             waits(false),
@@ -643,6 +655,7 @@ async fn forbidden_in_the_preflight_names_the_verb_and_resource_and_changes_noth
             vec![
                 expect("GET", CLAIM, 200, claim("a", None, &[])),
                 class_b(),
+                class_a(),
                 pods(vec![]),
             ],
             waits(false),
@@ -673,6 +686,7 @@ async fn an_admission_rejection_in_the_preflight_is_a_refusal() {
             vec![
                 expect("GET", CLAIM, 200, claim("a", None, &[])),
                 class_b(),
+                class_a(),
                 pods(vec![]),
             ],
             waits(false),
@@ -693,6 +707,7 @@ async fn a_failure_after_the_claim_delete_is_part_way() {
             vec![
                 expect("GET", CLAIM, 200, read.clone()),
                 class_b(),
+                class_a(),
                 pods(vec![]),
             ],
             waits(false),
@@ -839,6 +854,7 @@ async fn pods_are_listed_page_by_page() {
         vec![
             expect("GET", CLAIM, 200, claim("a", None, &[])),
             class_b(),
+            class_a(),
             expect("GET", PODS, 200, first),
             expect(
                 "GET",
@@ -887,6 +903,7 @@ async fn a_claim_that_cannot_go_through_holds_back_the_others() {
             vec![
                 expect("GET", CLAIM, 200, claim("a", None, &[])),
                 class_b(),
+                class_a(),
                 pods(vec![user]),
             ],
             waits(false),
@@ -934,6 +951,7 @@ async fn a_wait_that_would_be_forbidden_stops_the_run_before_any_change() {
             vec![
                 expect("GET", CLAIM, 200, claim("a", None, &[])),
                 class_b(),
+                class_a(),
                 pods(vec![]),
             ],
             reviews,
