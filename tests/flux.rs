@@ -1,0 +1,156 @@
+//! Flux: `examples/app` installed and upgraded by a HelmRelease of helm-controller, fetched by
+//! source-controller from a chart repository on a loopback port (see `testkit::flux`), while the
+//! hook runner runs the hook Job's pods. The class of the claim changes from A to B through the
+//! HelmRelease's values:
+//!
+//! 1. the install on class A becomes Ready;
+//! 2. without the hook, the upgrade fails on the immutable claim and the HelmRelease stays failed;
+//! 3. with the hook, it becomes Ready with the claim on class B;
+//! 4. with upgrade retries and a missing target class, every try's hook refuses (exit 3) and the
+//!    release fails for good with nothing deleted.
+
+use serde_json::{Value, json};
+use testkit::flux::{FluxRelease, HelmRelease};
+use testkit::prelude::*;
+use testkit::release::CLAIM;
+
+/// The HelmRelease's `spec.upgrade` without remediation: Flux's defaults.
+fn defaults() -> Value {
+    json!({})
+}
+
+/// Asserts the HelmRelease failed its upgrade for good: not Ready, the upgrade failed, stalled
+/// with its retries used up.
+fn assert_upgrade_failed(hr: &HelmRelease) {
+    assert_eq!(
+        hr.state("Ready"),
+        Some(("False", "UpgradeFailed")),
+        "{hr:#?}"
+    );
+    assert_eq!(
+        hr.state("Released"),
+        Some(("False", "UpgradeFailed")),
+        "{hr:#?}"
+    );
+    assert_eq!(
+        hr.state("Stalled"),
+        Some(("True", "RetriesExceeded")),
+        "{hr:#?}"
+    );
+}
+
+#[tokio::test]
+async fn flux_installs_the_release_with_the_claim_on_class_a() {
+    let (f, claim, pv) = FluxRelease::installed("flux-install", defaults()).await;
+
+    assert_eq!(claim_class(&claim), Some(f.a.as_str()));
+    assert_eq!(volume_name(&claim), Some(pv.name_any().as_str()));
+    let hr = f.helm_release().await;
+    assert_eq!(
+        hr.state("Ready"),
+        Some(("True", "InstallSucceeded")),
+        "{hr:#?}"
+    );
+    assert_eq!(hr.history_states(), ["deployed"], "{hr:#?}");
+    // The hook ran in the install and found nothing to do.
+    let run = f.last_run(0);
+    assert_eq!(f.runner.runs().len(), 1, "{}", f.report());
+    assert_eq!(
+        run.termination_message,
+        format!("{}/{CLAIM}: nothing to do: claim absent", f.name()),
+        "{run}"
+    );
+}
+
+#[tokio::test]
+async fn flux_without_the_hook_fails_on_the_immutable_claim_and_stays_failed() {
+    let (f, before, pv) = FluxRelease::installed("flux-toggle", defaults()).await;
+
+    f.apply(
+        &f.b,
+        &[("storageclassMigrate.allowMigration", json!(false))],
+    )
+    .await;
+    let hr = f.wait_stalled().await;
+    assert_upgrade_failed(&hr);
+    let message = hr.message("Ready");
+    assert!(
+        message.contains("spec is immutable after creation"),
+        "{message}\n{}",
+        f.report()
+    );
+    assert_eq!(hr.history_states(), ["failed", "deployed"], "{hr:#?}");
+    // No hook ran in the upgrade: the one run is the install's.
+    assert_eq!(f.runner.runs().len(), 1, "{}", f.report());
+
+    // A further reconcile changes nothing: the release stays failed, the claim on A.
+    let again = f.reconcile_again("flux-toggle-again").await;
+    assert_upgrade_failed(&again);
+    assert_eq!(again.history_states(), ["failed", "deployed"], "{again:#?}");
+    assert_eq!(f.runner.runs().len(), 1, "{}", f.report());
+    f.assert_untouched(&before, &pv).await;
+}
+
+#[tokio::test]
+async fn flux_with_the_hook_moves_the_claim_to_class_b() {
+    let (f, before, _pv) = FluxRelease::installed("flux-upgrade", defaults()).await;
+    let pv_b = get(&f.pvs(), &f.scoped("pv-b")).await;
+
+    f.apply(&f.b, &[]).await;
+    let hr = f.wait_ready().await;
+    assert_eq!(
+        hr.state("Ready"),
+        Some(("True", "UpgradeSucceeded")),
+        "{hr:#?}"
+    );
+    assert_eq!(
+        hr.state("Released"),
+        Some(("True", "UpgradeSucceeded")),
+        "{hr:#?}"
+    );
+    assert_eq!(hr.history_states(), ["deployed", "superseded"], "{hr:#?}");
+
+    let after = wait_bound(f.client(), f.name(), CLAIM).await;
+    assert_ne!(after.uid(), before.uid(), "the claim was replaced");
+    assert_eq!(claim_class(&after), Some(f.b.as_str()));
+    assert_eq!(volume_name(&after), Some(pv_b.name_any().as_str()));
+    let run = f.last_run(0);
+    assert_eq!(f.runner.runs().len(), 2, "{}", f.report());
+    assert_eq!(run.outcome().result, "migrated", "{run}");
+}
+
+#[tokio::test]
+async fn flux_retries_a_refused_hook_then_fails_keeping_claim_and_volume() {
+    let retries = 2;
+    let upgrade = json!({"remediation": {"retries": retries}});
+    let (f, before, pv) = FluxRelease::installed("flux-missing", upgrade).await;
+    let missing = f.ns.scoped("missing");
+
+    f.apply(&missing, &[]).await;
+    let hr = f.wait_stalled().await;
+    assert_upgrade_failed(&hr);
+    assert!(
+        hr.message("Ready").contains("pre-upgrade hooks failed"),
+        "{hr:#?}\n{}",
+        f.report()
+    );
+    let status = hr.status.as_ref().expect("a status");
+    assert_eq!(status.upgrade_failures, Some(retries + 1), "{hr:#?}");
+    // Each failed try was rolled back to the release on class A.
+    assert_eq!(
+        hr.state("Remediated"),
+        Some(("True", "RollbackSucceeded")),
+        "{hr:#?}"
+    );
+
+    // The install's run, then one refused run (exit 3) per try of the upgrade.
+    let runs = f.runner.runs();
+    let codes: Vec<i32> = runs.iter().map(|r| r.exit_code).collect();
+    let mut expected = vec![0];
+    expected.extend([3].repeat(retries as usize + 1));
+    assert_eq!(codes, expected, "{}", f.report());
+    for run in &runs[1..] {
+        assert_eq!(run.outcome().result, "refused", "{run}");
+    }
+    f.assert_untouched(&before, &pv).await;
+}
