@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test against one local control plane:
 #   1. installs the Debian packages the checks need (ci-install.sh; quick when present), builds
-#      the control-plane binaries, helm 3 and helm 4 (the end-to-end tests run both) and the image
-#      (each cached);
+#      the control-plane binaries, helm 3 and helm 4 (the end-to-end tests run both), Flux's
+#      source-controller and helm-controller (tests/flux.rs) and the image (each cached);
 #   2. starts the control plane in a temporary directory;
 #   3. `cargo test --workspace --all-targets [ARGS...]` (the testkit crate's own tests too) with STORAGECLASS_MIGRATE_CONTROL_PLANE pointing at it;
 #   4. the chart checks (lint, render tests, server-side dry run) and the image run in the cluster;
@@ -22,6 +22,7 @@ cp=$root/scripts/control-plane.sh
 "$root/scripts/build-control-plane.sh" >/dev/null
 "$root/scripts/build-helm.sh" >/dev/null
 HELM_MODULE=helm4 "$root/scripts/build-helm.sh" >/dev/null
+"$root/scripts/build-flux.sh" >/dev/null
 "$root/scripts/build-image.sh"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/storageclass-migrate-test.XXXXXX")
 
