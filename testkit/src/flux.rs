@@ -30,14 +30,14 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Condition,
 };
 use kube::{
-    Api, Resource,
+    Api, Resource, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    api::{get, wait_bound, wait_for_within},
+    api::{get, wait_bound, wait_for_within, wait_pv_phase},
     chart_repo::app_repository,
     control_plane::{ControlPlane, kubeconfig_path, repo_root},
     objects::Volume,
@@ -436,6 +436,7 @@ impl FluxRelease {
             "{hr:#?}"
         );
         let claim = wait_bound(f.client(), f.name(), CLAIM).await;
+        let pv_a = wait_pv_phase(f.client(), &pv_a.name_any(), "Bound").await;
         (f, claim, pv_a)
     }
 
