@@ -9,7 +9,7 @@
 # The oldest supported Kubernetes minor (tools/k8s-1.33); the newest is tools/k8s, make test's.
 OLDEST_KUBERNETES = 1.33
 # The test files that run the binary against the control plane.
-VERSION_TESTS = --test control_plane --test migrate --test preflight --test reliability --test keep --test e2e
+VERSION_TESTS = --test control_plane --test migrate --test preflight --test reliability --test keep --test e2e --test flux
 
 demo:
 	scripts/demo.sh

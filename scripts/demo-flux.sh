@@ -12,7 +12,7 @@ cd "$root"
 
 echo "== building the binary, helm, Flux and the control plane"
 cargo build --release --locked --quiet
-cargo build --release --locked --quiet -p testkit --bin flux
+cargo build --release --locked --quiet -p testkit --bin flux-controllers
 scripts/build-helm.sh >/dev/null
 scripts/build-flux.sh >/dev/null
 binary=$root/target/release/storageclass-migrate
@@ -69,7 +69,7 @@ YAML
 
 echo "== Flux's controllers, the chart repository and the hook runner"
 STORAGECLASS_MIGRATE_CONTROL_PLANE=$dir STORAGECLASS_MIGRATE_BINARY=$binary \
-  STORAGECLASS_MIGRATE_HOOK_RUNNER=binary "$root/target/release/flux" demo \
+  STORAGECLASS_MIGRATE_HOOK_RUNNER=binary "$root/target/release/flux-controllers" demo \
   >"$dir/flux.out" 2>"$dir/flux.err" &
 flux_pid=$!
 for _ in $(seq 600); do
