@@ -7,17 +7,14 @@
 //! 2. without the hook, the upgrade fails on the immutable claim and the HelmRelease stays failed;
 //! 3. with the hook, it becomes Ready with the claim on class B;
 //! 4. with upgrade retries and a missing target class, every try's hook refuses (exit 3) and the
-//!    release fails for good with nothing deleted.
+//!    release fails for good with nothing deleted;
+//! 5. but with the chart's default `showLogsOnFailure: true`, helm-controller v1.4.3 exits when
+//!    that hook fails (why Flux releases must turn it off).
 
-use serde_json::{Value, json};
-use testkit::flux::{FluxRelease, HelmRelease};
+use serde_json::json;
+use testkit::flux::{FluxOpts, FluxRelease, HelmRelease, RELEASE_WAIT};
 use testkit::prelude::*;
 use testkit::release::CLAIM;
-
-/// The HelmRelease's `spec.upgrade` without remediation: Flux's defaults.
-fn defaults() -> Value {
-    json!({})
-}
 
 /// Asserts the HelmRelease failed its upgrade for good: not Ready (`ready_reason`: the upgrade's
 /// failure, or the rollback that remediated it), the upgrade failed, stalled with its retries
@@ -38,7 +35,7 @@ fn assert_upgrade_failed(hr: &HelmRelease, ready_reason: &str) {
 
 #[tokio::test]
 async fn flux_installs_the_release_with_the_claim_on_class_a() {
-    let (f, claim, pv) = FluxRelease::installed("flux-install", defaults()).await;
+    let (f, claim, pv) = FluxRelease::installed("flux-install", FluxOpts::default()).await;
 
     assert_eq!(claim_class(&claim), Some(f.a.as_str()));
     assert_eq!(volume_name(&claim), Some(pv.name_any().as_str()));
@@ -61,7 +58,7 @@ async fn flux_installs_the_release_with_the_claim_on_class_a() {
 
 #[tokio::test]
 async fn flux_without_the_hook_fails_on_the_immutable_claim_and_stays_failed() {
-    let (f, before, pv) = FluxRelease::installed("flux-toggle", defaults()).await;
+    let (f, before, pv) = FluxRelease::installed("flux-toggle", FluxOpts::default()).await;
 
     f.apply(
         &f.b,
@@ -90,7 +87,7 @@ async fn flux_without_the_hook_fails_on_the_immutable_claim_and_stays_failed() {
 
 #[tokio::test]
 async fn flux_with_the_hook_moves_the_claim_to_class_b() {
-    let (f, before, _pv) = FluxRelease::installed("flux-upgrade", defaults()).await;
+    let (f, before, _pv) = FluxRelease::installed("flux-upgrade", FluxOpts::default()).await;
     let pv_b = get(&f.pvs(), &f.scoped("pv-b")).await;
 
     f.apply(&f.b, &[]).await;
@@ -119,8 +116,11 @@ async fn flux_with_the_hook_moves_the_claim_to_class_b() {
 #[tokio::test]
 async fn flux_retries_a_refused_hook_then_fails_keeping_claim_and_volume() {
     let retries = 2;
-    let upgrade = json!({"remediation": {"retries": retries}});
-    let (f, before, pv) = FluxRelease::installed("flux-missing", upgrade).await;
+    let opts = FluxOpts {
+        upgrade: json!({"remediation": {"retries": retries}}),
+        ..FluxOpts::default()
+    };
+    let (f, before, pv) = FluxRelease::installed("flux-missing", opts).await;
     let missing = f.ns.scoped("missing");
 
     // helm-controller v1.4.3 (Helm 3.19's library) dereferences a nil client when it collects
@@ -158,5 +158,35 @@ async fn flux_retries_a_refused_hook_then_fails_keeping_claim_and_volume() {
     for run in &runs[1..] {
         assert_eq!(run.outcome().result, "refused", "{run}");
     }
+    f.assert_untouched(&before, &pv).await;
+}
+
+/// With the chart's default `showLogsOnFailure: true`, the refused hook's Job carries
+/// `helm.sh/hook-output-log-policy: hook-failed`, and helm-controller v1.4.3 exits on a nil
+/// pointer collecting its log: every release it manages stops with it. (Its own helm-controller,
+/// so that the shared one keeps working for the other tests.) Nothing is deleted even so.
+#[tokio::test]
+async fn flux_helm_controller_exits_on_a_failed_hook_that_shows_its_log() {
+    let opts = FluxOpts {
+        own_helm_controller: true,
+        ..FluxOpts::default()
+    };
+    let (f, before, pv) = FluxRelease::installed("flux-crash", opts).await;
+    let own = f.own.as_ref().expect("its own helm-controller");
+
+    f.apply(&f.ns.scoped("missing"), &[]).await;
+    let status = own.wait_exit(RELEASE_WAIT).await;
+    let log = own.log_text();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "{log}\n{}",
+        f.report()
+    );
+    assert!(
+        log.contains("nil pointer dereference") && log.contains("OutputContainerLogsForPodList"),
+        "{log}"
+    );
+    f.last_run(3);
     f.assert_untouched(&before, &pv).await;
 }

@@ -19,10 +19,10 @@ use std::{
     net::TcpListener,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, OnceLock, mpsc},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::{
@@ -31,7 +31,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams},
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -39,7 +39,8 @@ use serde_json::{Value, json};
 use crate::{
     api::{get, wait_bound, wait_for_within, wait_pv_phase},
     chart_repo::app_repository,
-    control_plane::{ControlPlane, kubeconfig_path, repo_root},
+    control_plane::{ControlPlane, client, kubeconfig_path, repo_root},
+    namespace::{keep_namespaces, on_own_runtime},
     objects::Volume,
     release::{CLAIM, IMAGE_REPOSITORY, RELEASE, Release, ReleaseOpts, image_tag},
 };
@@ -51,6 +52,17 @@ pub const RELEASE_WAIT: Duration = Duration::from_secs(240);
 pub const REPOSITORY: &str = "charts";
 /// The field manager of the tests' server-side applies.
 const MANAGER: &str = "storageclass-migrate-tests";
+/// A HelmRelease with this label (value: its namespace) is reconciled by an
+/// [`OwnHelmController`]; the shared helm-controller leaves it alone.
+pub const OWN_CONTROLLER_LABEL: &str = "storageclass-migrate.test/helm-controller";
+/// The flags of every controller: out of cluster, one instance, nothing listening but
+/// source-controller's artifact server.
+const COMMON_FLAGS: [&str; 4] = [
+    "--enable-leader-election=false",
+    "--metrics-addr=0",
+    "--health-addr=0",
+    "--log-encoding=console",
+];
 
 /// Declares a Flux object kind with a typed `status` and an untyped `spec`.
 macro_rules! flux_kind {
@@ -96,6 +108,13 @@ flux_kind!(
     "helm.toolkit.fluxcd.io",
     "v2",
     "helmreleases"
+);
+flux_kind!(
+    HelmChart,
+    FluxStatus,
+    "source.toolkit.fluxcd.io",
+    "v1",
+    "helmcharts"
 );
 flux_kind!(
     HelmRepository,
@@ -171,6 +190,8 @@ pub struct Controllers {
     pub logs: Vec<(String, PathBuf)>,
     /// Where source-controller serves its artifacts, `http://127.0.0.1:<port>`.
     pub storage_url: String,
+    /// The helm-controller binary, for an [`OwnHelmController`].
+    pub helm_controller: PathBuf,
     /// How each controller that has exited ended, by name.
     exited: Arc<Mutex<Vec<String>>>,
 }
@@ -276,46 +297,29 @@ fn start_controllers() -> Result<Controllers, String> {
     let storage = cp.dir.join(format!("flux-{pid}/storage"));
     fs::create_dir_all(&storage).map_err(|e| format!("{}: {e}", storage.display()))?;
     let storage_addr = format!("127.0.0.1:{}", free_port()?);
-    let common = [
-        "--enable-leader-election=false",
-        "--metrics-addr=0",
-        "--health-addr=0",
-        "--log-encoding=console",
-    ];
-    let mut source_args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
-    source_args.extend([
+    let source_args = [
         format!("--storage-path={}", storage.display()),
         format!("--storage-addr={storage_addr}"),
         format!("--storage-adv-addr={storage_addr}"),
-    ]);
-    let mut helm_args: Vec<String> = common.iter().map(|s| s.to_string()).collect();
-    helm_args.push("--graceful-shutdown-timeout=5s".into());
+    ];
+    let helm_args = helm_controller_args(&format!("!{OWN_CONTROLLER_LABEL}"));
 
     let mut commands = vec![];
     let mut logs = vec![];
-    for (name, dir, args) in [
-        ("source-controller", &source, source_args),
-        ("helm-controller", &helm, helm_args),
+    for (name, binary, args) in [
+        (
+            "source-controller",
+            source.join("source-controller"),
+            &source_args[..],
+        ),
+        (
+            "helm-controller",
+            helm.join("helm-controller"),
+            &helm_args[..],
+        ),
     ] {
         let log = cp.dir.join(format!("logs/flux-{pid}-{name}.log"));
-        let file = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut cmd = Command::new(dir.join(name));
-        cmd.args(&args)
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("RUNTIME_NAMESPACE", "default")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().map_err(|e| e.to_string())?)
-            .stderr(file);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::TERM,
-                ))
-                .map_err(std::io::Error::from)
-            });
-        }
-        commands.push((name.to_owned(), cmd));
+        commands.push((name.to_owned(), controller_command(&binary, args, &log)?));
         logs.push((name.to_owned(), log));
     }
     let exited = Arc::new(Mutex::new(vec![]));
@@ -323,8 +327,94 @@ fn start_controllers() -> Result<Controllers, String> {
     Ok(Controllers {
         logs,
         storage_url: format!("http://{storage_addr}"),
+        helm_controller: helm.join("helm-controller"),
         exited,
     })
+}
+
+/// helm-controller's flags, reconciling the HelmReleases that `selector` picks.
+fn helm_controller_args(selector: &str) -> Vec<String> {
+    vec![
+        "--graceful-shutdown-timeout=5s".into(),
+        format!("--watch-label-selector={selector}"),
+    ]
+}
+
+/// A controller's command: `args` and the common flags, the admin kubeconfig, output to `log`,
+/// and SIGTERM when the thread that starts it ends (`PR_SET_PDEATHSIG`).
+fn controller_command(binary: &Path, args: &[String], log: &Path) -> Result<Command, String> {
+    let file = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut cmd = Command::new(binary);
+    cmd.args(COMMON_FLAGS)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .env("RUNTIME_NAMESPACE", "default")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().map_err(|e| e.to_string())?)
+        .stderr(file);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
+    Ok(cmd)
+}
+
+/// A helm-controller for the HelmRelease of one namespace only (labelled
+/// [`OWN_CONTROLLER_LABEL`]), for a test that may crash it. Killed when dropped.
+#[derive(Debug)]
+pub struct OwnHelmController {
+    child: Mutex<Child>,
+    pub log: PathBuf,
+}
+
+impl OwnHelmController {
+    pub fn start(namespace: &str) -> OwnHelmController {
+        let shared = controllers();
+        let cp = ControlPlane::get();
+        let log = cp.dir.join(format!(
+            "logs/flux-{}-helm-controller-{namespace}.log",
+            std::process::id()
+        ));
+        let args = helm_controller_args(&format!("{OWN_CONTROLLER_LABEL}={namespace}"));
+        let child = controller_command(&shared.helm_controller, &args, &log)
+            .and_then(|mut cmd| cmd.spawn().map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| panic!("starting a helm-controller for {namespace}: {e}"));
+        OwnHelmController {
+            child: Mutex::new(child),
+            log,
+        }
+    }
+
+    /// How it ended, once it has; `None` if it is still running after `limit`.
+    pub async fn wait_exit(&self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let status = self.child.lock().unwrap().try_wait();
+            if let Ok(Some(status)) = status {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for OwnHelmController {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Starts the commands from a thread that lives as long as the process (the death signal is
@@ -376,8 +466,19 @@ fn spawn_for_life(
 /// the [`Release`].
 pub struct FluxRelease {
     pub s: Release,
-    /// `spec.upgrade` of every apply, e.g. `{"remediation": {"retries": 2}}`.
+    pub opts: FluxOpts,
+    /// With [`FluxOpts::own_helm_controller`]: the helm-controller of this release.
+    pub own: Option<OwnHelmController>,
+}
+
+/// How a [`FluxRelease`] is set up; `Default`: Flux's defaults, the shared controllers.
+#[derive(Clone, Debug, Default)]
+pub struct FluxOpts {
+    /// `spec.upgrade` of every apply, e.g. `{"remediation": {"retries": 2}}`; null: none.
     pub upgrade: Value,
+    /// Reconciled by an [`OwnHelmController`] rather than the shared one: for a test that may
+    /// crash helm-controller.
+    pub own_helm_controller: bool,
 }
 
 impl std::ops::Deref for FluxRelease {
@@ -390,7 +491,7 @@ impl std::ops::Deref for FluxRelease {
 
 impl FluxRelease {
     /// The namespace with its HelmRepository, ready; no HelmRelease yet.
-    pub async fn new(prefix: &str, upgrade: Value) -> FluxRelease {
+    pub async fn new(prefix: &str, opts: FluxOpts) -> FluxRelease {
         controllers();
         let repository = app_repository();
         let s = Release::with(prefix, ReleaseOpts::default()).await;
@@ -404,7 +505,10 @@ impl FluxRelease {
         api.patch(REPOSITORY, &apply_params(), &Patch::Apply(repo))
             .await
             .expect("applying the HelmRepository");
-        let f = FluxRelease { s, upgrade };
+        let own = opts
+            .own_helm_controller
+            .then(|| OwnHelmController::start(s.name()));
+        let f = FluxRelease { s, opts, own };
         wait_for_within(&api, REPOSITORY, "Ready", RELEASE_WAIT, |r| {
             r.is_some_and(|r| {
                 condition_state(r.status.as_ref(), "Ready") == Some(("True", "Succeeded"))
@@ -419,13 +523,13 @@ impl FluxRelease {
     /// and the volume on A.
     pub async fn installed(
         prefix: &str,
-        upgrade: Value,
+        opts: FluxOpts,
     ) -> (
         FluxRelease,
         PersistentVolumeClaim,
         k8s_openapi::api::core::v1::PersistentVolume,
     ) {
-        let f = FluxRelease::new(prefix, upgrade).await;
+        let f = FluxRelease::new(prefix, opts).await;
         let pv_a = Volume::host_path("pv-a").class(&f.a).create(&f.s).await;
         Volume::host_path("pv-b").class(&f.b).create(&f.s).await;
         f.apply(&f.a, &[]).await;
@@ -458,7 +562,7 @@ impl FluxRelease {
         for (path, value) in sets {
             set_path(&mut values, path, value.clone());
         }
-        let hr = json!({
+        let mut hr = json!({
             "apiVersion": "helm.toolkit.fluxcd.io/v2",
             "kind": "HelmRelease",
             "metadata": {"name": RELEASE},
@@ -470,10 +574,15 @@ impl FluxRelease {
                     "version": "0.1.0",
                     "sourceRef": {"kind": "HelmRepository", "name": REPOSITORY},
                 }},
-                "upgrade": self.upgrade,
                 "values": values,
             },
         });
+        if !self.opts.upgrade.is_null() {
+            hr["spec"]["upgrade"] = self.opts.upgrade.clone();
+        }
+        if self.own.is_some() {
+            hr["metadata"]["labels"] = json!({OWN_CONTROLLER_LABEL: self.name()});
+        }
         self.helm_releases()
             .patch(RELEASE, &apply_params(), &Patch::Apply(hr))
             .await
@@ -532,19 +641,61 @@ impl FluxRelease {
 
     /// The hook runs, the controllers' logs and the helm-controller lines of this namespace.
     pub fn report(&self) -> String {
-        format!(
+        let mut out = format!(
             "{}\n{}",
             self.runner.report(),
             controllers().report(self.name())
-        )
+        );
+        if let Some(own) = &self.own {
+            out += &format!("its own helm-controller's log: {}\n", own.log.display());
+        }
+        out
     }
 }
 
 impl Drop for FluxRelease {
+    /// Prints [`FluxRelease::report`] when the test failed. Then deletes the namespace's Flux
+    /// objects without waiting for their controllers (gone at the end of the test process, or
+    /// crashed): their finalizers would keep the namespace from going.
     fn drop(&mut self) {
         if thread::panicking() {
             eprintln!("{}", self.report());
         }
+        self.own.take();
+        if keep_namespaces() {
+            return;
+        }
+        let ns = self.name().to_string();
+        on_own_runtime(Duration::from_secs(20), move || async move {
+            let client = client().await;
+            delete_without_finalizers::<HelmRelease>(&client, &ns).await;
+            delete_without_finalizers::<HelmChart>(&client, &ns).await;
+            delete_without_finalizers::<HelmRepository>(&client, &ns).await;
+        });
+    }
+}
+
+/// Deletes every `K` of `namespace` and strips its finalizers (best effort).
+async fn delete_without_finalizers<K>(client: &kube::Client, namespace: &str)
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let strip = json!({"metadata": {"finalizers": null}});
+    for object in api
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let name = object.name_any();
+        let _ = api.delete(&name, &DeleteParams::background()).await;
+        let _ = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&strip))
+            .await;
     }
 }
 
