@@ -106,10 +106,11 @@ def env_of(job):
     return {e["name"]: e.get("value") for e in container(job).get("env", [])}
 
 
-WHEN = ("always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers", "dataCopy")
+WHEN = ("always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers", "dataCopy",
+        "statefulSet")
 
 
-def rule_on(when, in_use="evict", retained=False, strip=False, data="delete"):
+def rule_on(when, in_use="evict", retained=False, strip=False, data="delete", statefulset=None):
     """Whether a rule of rbac-rules.json applies to a setting; the templates' table, written again."""
     expect(when in WHEN, f"rbac-rules.json: unknown when {when!r}")
     return {"always": True,
@@ -117,21 +118,24 @@ def rule_on(when, in_use="evict", retained=False, strip=False, data="delete"):
             "patchClaims": in_use == "force" or strip,
             "writeVolumes": retained or strip,
             "stripAllFinalizers": strip,
-            "dataCopy": data == "copy"}[when]
+            "dataCopy": data == "copy",
+            "statefulSet": bool(statefulset)}[when]
 
 
 def expected_rules(section, in_use="evict", retained=False, strip=False, data="delete", claims=None,
-                   selector="", namespace="apps"):
+                   selector="", namespace="apps", statefulset=None):
     """The rules of rbac-rules.json for a setting, computed here independently of the templates."""
     rules = []
     for rule in RULES[section]:
-        if not rule_on(rule["when"], in_use, retained, strip, data):
+        if not rule_on(rule["when"], in_use, retained, strip, data, statefulset):
             continue
         out = {k: rule[k] for k in ("apiGroups", "resources", "verbs")}
         if rule.get("limitToClaimNames") and claims and not selector:
             out["resourceNames"] = list(claims)
         if rule.get("limitToNamespace"):
             out["resourceNames"] = [namespace]
+        if rule.get("limitToStatefulSetName"):
+            out["resourceNames"] = [statefulset]
         rules.append(out)
     return rules
 
@@ -140,7 +144,7 @@ def expected_rules(section, in_use="evict", retained=False, strip=False, data="d
 # src/run.rs, src/keep/mod.rs), as (API group, resource) -> verbs; written from the binary, not
 # from rbac-rules.json. Every list also stands for the list that starts each watch (a watch of one
 # object by a metadata.name field selector lists it first), hence list with watch.
-def needed_verbs(in_use="evict", retained=False, strip=False, data="delete"):
+def needed_verbs(in_use="evict", retained=False, strip=False, data="delete", statefulset=False):
     need = {
         ("", "persistentvolumeclaims"): {"get", "list", "watch", "delete"},
         ("", "pods"): {"list"},
@@ -167,6 +171,9 @@ def needed_verbs(in_use="evict", retained=False, strip=False, data="delete"):
         need[("batch", "jobs")] = {"create", "get", "list", "watch", "delete"}
         need[("", "pods")].add("create")
         need[("", "persistentvolumes")].add("patch")
+    if statefulset:
+        # src/statefulset/mod.rs: read, deleted (as a dry run, then for real), watched until gone.
+        need[("apps", "statefulsets")] = {"get", "list", "watch", "delete"}
     return need
 
 
@@ -305,7 +312,8 @@ def check_job(job, service_account):
                  "WAIT_TIMEOUT", "DEADLINE", "LOG_FORMAT"):
         expect(name in e, f"env {name} missing: {sorted(e)}")
         expect(isinstance(e[name], str), f"env {name} must be a string, is {e[name]!r}")
-    expect("PVC_NAME" in e or "PVC_SELECTOR" in e, "env PVC_NAME or PVC_SELECTOR missing")
+    expect("PVC_NAME" in e or "PVC_SELECTOR" in e or "STATEFULSET_NAME" in e,
+           "env PVC_NAME, PVC_SELECTOR or STATEFULSET_NAME missing")
     # The run's own deadline ends before the Job's, so that the binary reports first.
     expect_eq(e["DEADLINE"], f"{deadline - DEADLINE_MARGIN}s",
               "DEADLINE (activeDeadlineSeconds minus the margin)")
@@ -812,6 +820,27 @@ def selector_has_no_resource_names(h):
 
 
 @check
+def statefulset_renders_its_env_and_rules(h):
+    for data in ("delete", "copy"):
+        docs = render_calls(h, [{"statefulSet": "db", "template": "data", "storageClass": "fast",
+                                 "settings": {"data": data}}])
+        job = check_hook_structure(docs)
+        e = env_of(job)
+        expect_eq((e.get("STATEFULSET_NAME"), e.get("VOLUME_CLAIM_TEMPLATE")), ("db", "data"),
+                  "STATEFULSET_NAME and VOLUME_CLAIM_TEMPLATE")
+        expect("PVC_NAME" not in e and "PVC_SELECTOR" not in e, "no claims with a StatefulSet")
+        expect_eq(job["metadata"]["name"], "rel-db-storageclass-migrate", "named after the StatefulSet")
+        check_rules(docs, data=data, statefulset="db")
+        check_needs(granted_verbs(docs), needed_verbs(data=data, statefulset=True),
+                    f"statefulSet, data: {data}")
+        expect(allowed(docs, "delete", "apps", "statefulsets", "db"), "delete of the StatefulSet")
+        expect(not allowed(docs, "delete", "apps", "statefulsets", "other"),
+               "delete of another StatefulSet")
+        expect(allowed(docs, "delete", "", "persistentvolumeclaims", "data-db-7"),
+               "delete of a claim of any ordinal")
+
+
+@check
 def two_calls_with_per_call_settings(h):
     docs = render_calls(h, [
         {"claim": "data", "storageClass": "fast"},
@@ -876,6 +905,10 @@ def values_argument_and_unaliased_dependency(h):
 # Calls the templates must reject: (call, text of the error).
 BAD_CALLS = [
     ({}, "no claim given"),
+    ({"statefulSet": "db", "template": "data", "claim": "data"}, "leave \"claim\", \"claims\" and \"selector\" out"),
+    ({"template": "data", "claim": "data"}, "\"template\" goes with \"statefulSet\""),
+    ({"statefulSet": "db"}, "\"template\" \"\" is not a valid name"),
+    ({"statefulSet": "db", "template": "a.b"}, "\"template\" \"a.b\" is not a valid name"),
     ({"claim": "Data"}, "\"Data\" is not a valid claim name"),
     ({"claim": "a,b"}, "\"a,b\" is not a valid claim name"),
     ({"claims": "data"}, "\"claims\" must be a list"),
@@ -919,14 +952,16 @@ SETTINGS = [(in_use, retained, strip, data) for in_use in ("evict", "force", "fa
 def rules_match_json_for_every_setting(h):
     n = 0
     for in_use, retained, strip, data in SETTINGS:
-        for call in ({"claims": ["data", "logs"]}, {"selector": "app=db"}):
+        for call in ({"claims": ["data", "logs"]}, {"selector": "app=db"},
+                     {"statefulSet": "db", "template": "data"}):
             settings = {"inUse": in_use, "deleteRetainedPV": retained,
                         "stripAllFinalizers": strip, "data": data}
             docs = render_calls(h, [dict(call, settings=settings)], namespace="ns-x")
             check_rules(docs, in_use=in_use, retained=retained, strip=strip, data=data,
                         claims=call.get("claims"), selector=call.get("selector", ""),
-                        namespace="ns-x")
-            check_needs(granted_verbs(docs), needed_verbs(in_use, retained, strip, data),
+                        namespace="ns-x", statefulset=call.get("statefulSet"))
+            check_needs(granted_verbs(docs),
+                        needed_verbs(in_use, retained, strip, data, "statefulSet" in call),
                         f"{settings}")
             if data == "copy":
                 for claim in call.get("claims", ["any"]):
@@ -935,7 +970,7 @@ def rules_match_json_for_every_setting(h):
                                f"{settings}: {verb} {group or 'core'}/{resource} {name or ''} "
                                "not allowed; the pre-flight asks for it")
             n += 1
-    expect_eq(n, 30, "combinations (24 with data: delete, 6 with data: copy)")
+    expect_eq(n, 45, "combinations (24 with data: delete, 6 with data: copy; claims, selector, StatefulSet)")
 
 
 @check

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks the library chart (chart-snippet/) and the example chart (examples/app/):
+# Checks the library chart (chart-snippet/) and the example charts (examples/app/, and
+# examples/statefulset/ for dependencies and lint):
 #   1. builds helm 3 (and helm 4 unless CHECK_CHART_HELM4=0) with build-helm.sh, cached;
 #   2. chart-snippet/templates/_rules.tpl is current with rbac-rules.json (gen-chart-rules.sh);
 #   3. helm dependency build of the example (offline: file:// dependency), helm lint --strict of
@@ -51,8 +52,10 @@ log "templates/_rules.tpl matches rbac-rules.json"
 
 # 3. Dependencies and lint.
 "$helm" dependency build examples/app >&2
+"$helm" dependency build examples/statefulset >&2
 "$helm" lint --strict chart-snippet >&2
 "$helm" lint --strict examples/app >&2
+"$helm" lint --strict examples/statefulset >&2
 
 # 4. Render tests.
 "$python" -B scripts/chart_checks.py --helm "$helm" ${helm4:+--helm4 "$helm4"} --work "$work"

@@ -34,7 +34,9 @@ start_timeout=${CONTROL_PLANE_START_TIMEOUT:-120}
 # root-ca-certificate-publisher creates the kube-root-ca.crt ConfigMap in every namespace;
 # disruption keeps PodDisruptionBudget status current, which the Eviction API requires;
 # clusterrole-aggregation fills the aggregated admin/edit/view ClusterRoles; replicaset makes the
-# pods of a ReplicaSet, which a budget with maxUnavailable needs to count its pods.
+# pods of a ReplicaSet, which a budget with maxUnavailable needs to count its pods; statefulset
+# makes the pods and claims of a StatefulSet from its templates (there is no scheduler: tests bind
+# those pods to a node through pods/binding, as the scheduler would).
 #
 # kube-controller-manager also runs with --enable-hostpath-provisioner: the PV controller then
 # provisions claims of classes with provisioner kubernetes.io/host-path (Immediate binding; no
@@ -58,6 +60,7 @@ controllers=(
   disruption-controller
   clusterrole-aggregation-controller
   replicaset-controller
+  statefulset-controller
 )
 
 script_name=control-plane
@@ -282,7 +285,9 @@ start_etcd() {
 
 # Without --advertise-address, kube-apiserver derives one from the default route and refuses to
 # start on a host without one. Loopback is accepted as long as no endpoint reconciler tries to
-# publish it in the "kubernetes" Endpoints (--endpoint-reconciler-type=none).
+# publish it in the "kubernetes" Endpoints (--endpoint-reconciler-type=none). Kubelet endpoints
+# (for pod logs) are verified against the test CA: the test kit's log node serves with the serving
+# certificate (testkit/src/node.rs).
 start_apiserver() {
   local attempt audit=()
   if [ "${CONTROL_PLANE_AUDIT:-0}" = 1 ]; then
@@ -305,6 +310,7 @@ YAML
       --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
       --tls-cert-file="$dir/pki/serving.crt" --tls-private-key-file="$dir/pki/serving.key" \
       --client-ca-file="$dir/pki/ca.crt" \
+      --kubelet-certificate-authority="$dir/pki/ca.crt" \
       --authorization-mode=RBAC \
       --service-account-issuer=https://kubernetes.default.svc.cluster.local \
       --service-account-key-file="$dir/pki/sa.pub" \

@@ -4,7 +4,10 @@
 #      the control-plane binaries, helm 3 and helm 4 (the end-to-end tests run both), Flux's
 #      source-controller and helm-controller (tests/flux.rs) and the image (each cached);
 #   2. starts the control plane in a temporary directory;
-#   3. `cargo test --workspace --all-targets [ARGS...]` (the testkit crate's own tests too) with STORAGECLASS_MIGRATE_CONTROL_PLANE pointing at it;
+#   3. `cargo test --workspace --all-targets [ARGS...]` (the testkit crate's own tests too) with
+#      STORAGECLASS_MIGRATE_CONTROL_PLANE pointing at it: first every test but the helm
+#      scenarios (`<scenario>::helm_3`, `::helm_4`), then those, HELM_TEST_THREADS (default 6) at
+#      a time. ARGS with `--` (test name filters) run once, as given;
 #   4. the chart checks (lint, render tests, server-side dry run) and the image run in the cluster;
 #   5. stops it again, also when a step fails or the run is interrupted.
 # Exits non-zero if any step failed. The directory (with the servers' logs) is removed after a
@@ -47,16 +50,29 @@ export STORAGECLASS_MIGRATE_CONTROL_PLANE=$dir
 
 # cargo ignores --test, --lib and the like next to --all-targets.
 targets=--all-targets
+filters=
 for arg in "$@"; do
   case $arg in
-  --) break ;;
+  --)
+    filters=yes
+    break
+    ;;
   --lib | --bins | --bin | --bin=* | --tests | --test | --test=* | --examples | --example | \
     --example=* | --benches | --bench | --bench=* | --doc) targets= ;;
   esac
 done
 
 status=0
-(cd "$root" && cargo test --workspace $targets --no-fail-fast "$@") || status=$?
+cargo_test() { (cd "$root" && cargo test --workspace $targets --no-fail-fast "$@") || status=$?; }
+if [ -n "$filters" ]; then
+  cargo_test "$@"
+else
+  # The helm scenarios (tests named <scenario>::helm_3 and ::helm_4) mostly wait for helm, the
+  # hook and the controllers: they run six at a time, after the other tests (the harness's
+  # default, one per core).
+  cargo_test "$@" -- --skip ::helm_
+  cargo_test "$@" -- ::helm_ --test-threads "${HELM_TEST_THREADS:-6}"
+fi
 if [ $# -eq 0 ]; then
   "$root/scripts/check-chart.sh" || status=1
   "$root/scripts/check-image-in-cluster.sh" || status=1

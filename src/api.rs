@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
@@ -45,6 +46,8 @@ pub struct Cluster {
     /// The copy Jobs of `--data copy`.
     pub jobs: Api<Job>,
     pub classes: Api<StorageClass>,
+    /// The StatefulSet of a `--statefulset` run.
+    pub sets: Api<StatefulSet>,
     pub namespaces: Api<Namespace>,
     pub reviews: Api<SelfSubjectAccessReview>,
     pub namespace: String,
@@ -62,6 +65,7 @@ impl Cluster {
             budgets: Api::namespaced(client.clone(), &namespace),
             jobs: Api::namespaced(client.clone(), &namespace),
             classes: Api::all(client.clone()),
+            sets: Api::namespaced(client.clone(), &namespace),
             namespaces: Api::all(client.clone()),
             reviews: Api::all(client),
             namespace,
@@ -181,6 +185,7 @@ impl Cluster {
 fn api_group(resource: &str) -> &'static str {
     match resource {
         "jobs" => "batch",
+        "statefulsets" => "apps",
         "poddisruptionbudgets" => "policy",
         "storageclasses" => "storage.k8s.io",
         "selfsubjectaccessreviews" => "authorization.k8s.io",

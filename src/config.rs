@@ -45,6 +45,17 @@ pub struct Args {
     #[arg(long, short = 'l', env = "PVC_SELECTOR", value_name = "SELECTOR")]
     pub selector: Option<String>,
 
+    /// StatefulSet whose volumeClaimTemplate moves to the desired class, with every claim made
+    /// from it (also those a scale-down left); the StatefulSet is deleted, orphaning its pods and
+    /// claims, for Helm to create again with the new template
+    #[arg(long = "statefulset", env = "STATEFULSET_NAME", value_name = "NAME")]
+    pub statefulset: Option<String>,
+
+    /// With --statefulset: the volumeClaimTemplate [default: the StatefulSet's only one; needed
+    /// when it has several, or to finish a run interrupted after the StatefulSet was deleted]
+    #[arg(long = "template", env = "VOLUME_CLAIM_TEMPLATE", value_name = "NAME")]
+    pub template: Option<String>,
+
     /// Helm release whose claims a selector may pick (its meta.helm.sh annotations must name it)
     #[arg(long, env = "RELEASE_NAME", value_name = "NAME")]
     pub release: Option<String>,
@@ -265,6 +276,14 @@ pub struct CopySettings {
     pub delete_old_volume: bool,
 }
 
+/// The StatefulSet of a `--statefulset` run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetTarget {
+    pub name: String,
+    /// `--template`, when given.
+    pub template: Option<String>,
+}
+
 /// Where to find the cluster.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
@@ -278,6 +297,8 @@ pub struct Config {
     pub names: Vec<String>,
     pub selector: Option<String>,
     pub release: Option<String>,
+    /// Some with `--statefulset`: the claims are the StatefulSet's.
+    pub statefulset: Option<SetTarget>,
     pub namespace: Option<String>,
     pub desired: Desired,
     pub policies: Policies,
@@ -297,9 +318,15 @@ impl Args {
         if let Some(selector) = &selector {
             validate::label_selector(selector).map_err(Error::Input)?;
         }
-        if names.is_empty() && selector.is_none() {
+        let statefulset = self.statefulset_target()?;
+        if statefulset.is_some() && (!names.is_empty() || selector.is_some()) {
             return Err(Error::Input(
-                "no claim given: set PVC_NAME (or --pvc) or PVC_SELECTOR (or --selector)".into(),
+                "STATEFULSET_NAME (--statefulset) finds the claims by the StatefulSet's template: leave PVC_NAME and PVC_SELECTOR unset".into(),
+            ));
+        }
+        if names.is_empty() && selector.is_none() && statefulset.is_none() {
+            return Err(Error::Input(
+                "no claim given: set PVC_NAME (or --pvc), PVC_SELECTOR (or --selector) or STATEFULSET_NAME (or --statefulset)".into(),
             ));
         }
         let release = non_empty(self.release.as_deref());
@@ -330,6 +357,7 @@ impl Args {
             names,
             selector,
             release,
+            statefulset,
             namespace,
             desired,
             policies: Policies {
@@ -352,6 +380,23 @@ impl Args {
 }
 
 impl Args {
+    fn statefulset_target(&self) -> Result<Option<SetTarget>, Error> {
+        let template = non_empty(self.template.as_deref());
+        let Some(name) = non_empty(self.statefulset.as_deref()) else {
+            if template.is_some() {
+                return Err(Error::Input(
+                    "VOLUME_CLAIM_TEMPLATE (--template) applies only with STATEFULSET_NAME (--statefulset)".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        validate::dns_subdomain("StatefulSet name", &name).map_err(Error::Input)?;
+        if let Some(template) = &template {
+            validate::dns_label("volumeClaimTemplate name", template).map_err(Error::Input)?;
+        }
+        Ok(Some(SetTarget { name, template }))
+    }
+
     fn copy_settings(&self) -> Result<Option<CopySettings>, Error> {
         if self.data == DataPolicy::Delete {
             let copy_only = [
@@ -631,6 +676,45 @@ mod tests {
         assert!(!copy.verify);
         assert_eq!(copy.progress_interval, Duration::from_secs(60));
         assert!(parse(&["copy", "--from", "/a"]).is_err());
+    }
+
+    #[test]
+    fn statefulset_settings() {
+        let config = |v: &[&str]| parse(v).unwrap().config();
+        let set = config(&["--statefulset", "db", "--storage-class", "b"])
+            .unwrap()
+            .statefulset
+            .unwrap();
+        assert_eq!(set.name, "db");
+        assert_eq!(set.template, None);
+        let set = config(&["--statefulset", "db", "--template", "data"])
+            .unwrap()
+            .statefulset
+            .unwrap();
+        assert_eq!(set.template.as_deref(), Some("data"));
+        assert_eq!(config(&["--pvc", "a"]).unwrap().statefulset, None);
+        let bad = |v: &[&str]| config(v).unwrap_err();
+        for (args, fragment) in [
+            (
+                &["--template", "data", "--pvc", "a"][..],
+                "only with STATEFULSET_NAME",
+            ),
+            (&["--statefulset", "db", "--pvc", "a"][..], "leave PVC_NAME"),
+            (
+                &["--statefulset", "db", "-l", "app=db", "--release", "r"][..],
+                "leave PVC_NAME",
+            ),
+            (&["--statefulset", "Db"][..], "StatefulSet name \"Db\""),
+            (
+                &["--statefulset", "db", "--template", "a.b"][..],
+                "volumeClaimTemplate name",
+            ),
+        ] {
+            let error = bad(args);
+            assert!(matches!(error, Error::Input(_)), "{args:?}: {error}");
+            assert!(error.to_string().contains(fragment), "{args:?}: {error}");
+        }
+        assert!(bad(&[]).to_string().contains("STATEFULSET_NAME"));
     }
 
     #[test]

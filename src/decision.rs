@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::class::Target;
@@ -227,10 +228,25 @@ pub struct BudgetShort {
     pub budget: String,
     pub allowed: i32,
     pub pods: Vec<String>,
+    /// Pods it covers that have no controller (none, or their StatefulSet is deleted first)
+    /// while it counts pods through their controllers: the disruption controller leaves them
+    /// out, and with no pod counted it allows no disruption.
+    pub uncounted: Vec<String>,
 }
 
 impl fmt::Display for BudgetShort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.uncounted.is_empty() {
+            return write!(
+                f,
+                "PodDisruptionBudget {} counts its pods through their controller (maxUnavailable \
+                 or a percentage minAvailable), and pod(s) {} have none (or lose it when their \
+                 StatefulSet is deleted): it does not count them and allows no disruption (an \
+                 integer minAvailable counts pods without a controller)",
+                self.budget,
+                self.uncounted.join(", ")
+            );
+        }
         write!(
             f,
             "PodDisruptionBudget {} allows {} disruption(s) but pod(s) {} would have to be evicted",
@@ -239,6 +255,34 @@ impl fmt::Display for BudgetShort {
             self.pods.join(", ")
         )
     }
+}
+
+/// Whether the disruption controller counts a budget's pods through their controllers' scale
+/// (`maxUnavailable`, or `minAvailable` as a percentage): pods without a controller count for
+/// nothing, and a budget whose pods have none allows no disruption.
+fn counts_through_controllers(spec: &PodDisruptionBudgetSpec) -> bool {
+    spec.max_unavailable.is_some() || matches!(spec.min_available, Some(IntOrString::String(_)))
+}
+
+fn has_controller(pod: &Pod) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true))
+}
+
+/// `pods` as they will be once StatefulSet `set` is deleted with `propagationPolicy: Orphan`:
+/// without that controller.
+pub fn orphaned_from(pods: Vec<Pod>, set: &str) -> Vec<Pod> {
+    pods.into_iter()
+        .map(|mut pod| {
+            if let Some(owners) = pod.metadata.owner_references.as_mut() {
+                owners.retain(|o| {
+                    !(o.controller == Some(true) && o.kind == "StatefulSet" && o.name == set)
+                });
+            }
+            pod
+        })
+        .collect()
 }
 
 /// Disruptions of each budget (by name) that claims of the run already planned to use.
@@ -271,8 +315,24 @@ pub fn budgets_short(
         if covered.is_empty() {
             continue;
         }
-        let status = budget.status.as_ref();
         let name = budget.name_any();
+        if counts_through_controllers(spec) {
+            let uncounted: Vec<String> = covered
+                .iter()
+                .filter(|p| !has_controller(p))
+                .map(|p| p.name_any())
+                .collect();
+            if !uncounted.is_empty() {
+                short.push(BudgetShort {
+                    budget: name,
+                    allowed: 0,
+                    pods: covered.iter().map(|p| p.name_any()).collect(),
+                    uncounted,
+                });
+                continue;
+            }
+        }
+        let status = budget.status.as_ref();
         let allowed =
             status.map_or(0, |s| s.disruptions_allowed) - reserved.get(&name).copied().unwrap_or(0);
         let healthy = status.is_some_and(|s| s.current_healthy >= s.desired_healthy);
@@ -284,6 +344,7 @@ pub fn budgets_short(
                 budget: name,
                 allowed: allowed.max(0),
                 pods: covered.iter().map(|p| p.name_any()).collect(),
+                uncounted: Vec::new(),
             });
         } else if ready > 0 {
             uses.insert(name, ready as i32);
@@ -362,6 +423,8 @@ pub enum Refusal {
     HeldBack {
         claims: Vec<String>,
     },
+    /// A `--statefulset` run cannot go on (which template, the StatefulSet replaced, ...).
+    StatefulSet(crate::statefulset::plan::SetRefusal),
 }
 
 impl fmt::Display for Refusal {
@@ -409,6 +472,7 @@ impl fmt::Display for Refusal {
                 "held back: {} of this run could not go through, and a run changes nothing unless every claim can",
                 claims.join(", ")
             ),
+            Refusal::StatefulSet(refusal) => refusal.fmt(f),
         }
     }
 }
@@ -1436,9 +1500,78 @@ mod tests {
             Refusal::Budgets(vec![BudgetShort {
                 budget: "web".into(),
                 allowed: 0,
-                pods: vec!["web-0".into()]
+                pods: vec!["web-0".into()],
+                uncounted: vec![],
             }])
         );
+    }
+
+    /// A Ready pod `db-<n>` labelled `app: db`, using its claim, controlled by StatefulSet db.
+    fn set_pod(n: u32) -> Pod {
+        let mut p = ready(
+            pod(&format!("db-{n}"), Some("n"), "data"),
+            &[("app", "db")],
+            true,
+        );
+        p.metadata.owner_references = Some(vec![
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "set-uid",
+                "controller": true,
+            }))
+            .unwrap(),
+        ]);
+        p
+    }
+
+    /// Budget `db` on the pods of StatefulSet db, one Ready pod, with `spec` as given.
+    fn db_budget(spec: serde_json::Value) -> PodDisruptionBudget {
+        let mut b = budget("db", "db", 1, (1, 0));
+        let mut full = serde_json::to_value(b.spec.take().unwrap()).unwrap();
+        for (k, v) in spec.as_object().unwrap() {
+            full[k] = v.clone();
+        }
+        b.spec = Some(serde_json::from_value(full).unwrap());
+        b
+    }
+
+    #[test]
+    fn a_budget_counting_through_the_controller_refuses_pods_the_orphaning_leaves_without_one() {
+        let pods = [set_pod(0)];
+        for spec in [
+            serde_json::json!({"maxUnavailable": 1}),
+            serde_json::json!({"maxUnavailable": "100%"}),
+            serde_json::json!({"minAvailable": "0%"}),
+        ] {
+            let budgets = [db_budget(spec.clone())];
+            // With their StatefulSet the budget allows the eviction.
+            assert!(plan_with_budgets(&pods, &budgets).is_ok(), "{spec}");
+            // Orphaned, the disruption controller no longer counts the pod.
+            let orphaned = orphaned_from(pods.to_vec(), "db");
+            let refusal = plan_with_budgets(&orphaned, &budgets).unwrap_err();
+            let Refusal::Budgets(short) = &refusal else {
+                panic!("{spec}: {refusal:?}");
+            };
+            assert_eq!(short[0].uncounted, ["db-0"], "{spec}");
+            assert!(
+                refusal.to_string().contains("allows no disruption"),
+                "{refusal}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_integer_min_available_counts_orphaned_pods() {
+        let budgets = [db_budget(serde_json::json!({"minAvailable": 0}))];
+        let orphaned = orphaned_from(vec![set_pod(0)], "db");
+        assert!(plan_with_budgets(&orphaned, &budgets).is_ok());
+    }
+
+    #[test]
+    fn orphaning_removes_only_that_statefulsets_controller_reference() {
+        let other = orphaned_from(vec![set_pod(0)], "web");
+        assert_eq!(other[0].owner_references().len(), 1);
+        let orphaned = orphaned_from(vec![set_pod(0)], "db");
+        assert!(orphaned[0].owner_references().is_empty());
     }
 
     #[test]

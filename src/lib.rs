@@ -3,7 +3,8 @@
 //! [`decision`] decides, from what the API returned, what to do with a claim. [`migrate`] reads
 //! and plans a claim, runs its pre-flight and commits it through [`execute`], whose steps live in
 //! [`claim`], [`eviction`] and [`volume`]; [`api`] bounds and retries each request; [`run`]
-//! drives every claim of a run within its deadline. [`copy`] is the `copy` subcommand, which
+//! drives every claim of a run within its deadline; [`statefulset`] moves a StatefulSet's
+//! volumeClaimTemplate and its claims. [`copy`] is the `copy` subcommand, which
 //! copies a volume's data into another.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod execute;
 pub mod keep;
 pub mod migrate;
 pub mod run;
+pub mod statefulset;
 pub mod summary;
 pub mod telemetry;
 pub mod validate;

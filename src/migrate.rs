@@ -62,6 +62,9 @@ pub struct Context {
     pub stop: Stopper,
     /// Some with `--data copy`.
     pub copy: Option<CopySettings>,
+    /// The StatefulSet that the run deletes (orphaning its pods) before the claims move: their
+    /// pods are planned for as they will be then, without that controller.
+    pub orphaning: Option<String>,
     target_class: OnceCell<Option<StorageClass>>,
     pods: OnceCell<Vec<Pod>>,
     budgets: OnceCell<Vec<PodDisruptionBudget>>,
@@ -90,6 +93,7 @@ impl Context {
             claims: Vec::new(),
             stop,
             copy,
+            orphaning: None,
             target_class: OnceCell::new(),
             pods: OnceCell::new(),
             budgets: OnceCell::new(),
@@ -100,7 +104,7 @@ impl Context {
     }
 
     /// The desired StorageClass, read once per run; None when it does not exist.
-    async fn target_class(&self, target: &Target) -> Result<Option<&StorageClass>, Error> {
+    pub async fn target_class(&self, target: &Target) -> Result<Option<&StorageClass>, Error> {
         let Target::Class(name) = target else {
             return Ok(None);
         };
@@ -151,7 +155,13 @@ impl Context {
     /// The pods that name a claim of the run: one list per run.
     async fn pods(&self) -> Result<&[Pod], Error> {
         self.pods
-            .get_or_try_init(|| eviction::pods_naming(&self.cluster, &self.claims))
+            .get_or_try_init(|| async {
+                let pods = eviction::pods_naming(&self.cluster, &self.claims).await?;
+                Ok(match &self.orphaning {
+                    Some(set) => decision::orphaned_from(pods, set),
+                    None => pods,
+                })
+            })
             .await
             .map(Vec::as_slice)
     }

@@ -1,4 +1,5 @@
-//! A whole run: find the claims, then handle each (a few at a time), within one deadline.
+//! A whole run: find the claims (named, by selector, or a StatefulSet's), then handle each (a few
+//! at a time), within one deadline.
 
 use futures::StreamExt;
 use kube::{Client, ResourceExt};
@@ -11,6 +12,7 @@ use crate::config::Config;
 use crate::decision;
 use crate::error::{Error, Request};
 use crate::migrate::{self, Claim, Context, Stopper};
+use crate::statefulset;
 use crate::summary::Outcome;
 
 /// Runs every claim of `config`; an error here means no claim was touched. `signal` carries the
@@ -39,6 +41,9 @@ pub async fn run(
         stop.clone(),
         config.copy.clone(),
     );
+    if let Some(set) = &config.statefulset {
+        return statefulset::run(&mut ctx, set, config.concurrency).await;
+    }
     let names = tokio::select! {
         names = claim_names(&ctx, config) => names?,
         stop = stop.stopped() => return Err(Error::Stopped(stop)),
@@ -56,26 +61,41 @@ pub async fn run(
     ctx.claims = names.clone();
     let ctx = &ctx;
     let mut claims: Vec<Claim> = names.iter().map(|n| Claim::new(n)).collect();
-    // Every claim is read, planned and pre-flighted before any is committed: a run changes
-    // nothing unless every claim can go through.
+    let blocked = prepare_all(ctx, &mut claims, config.concurrency).await;
+    if blocked.is_empty() {
+        commit_all(ctx, &mut claims, config.concurrency).await;
+    } else {
+        hold_back(&mut claims, &blocked);
+    }
+    Ok(claims.into_iter().map(|c| c.outcome(&namespace)).collect())
+}
+
+/// Reads, plans and pre-flights every claim (a few at a time); returns those that cannot go
+/// through. Every claim is prepared before any is committed: a run changes nothing unless every
+/// claim can go through.
+pub async fn prepare_all(ctx: &Context, claims: &mut [Claim], concurrency: usize) -> Vec<String> {
     futures::stream::iter(claims.iter_mut())
-        .for_each_concurrent(config.concurrency, |claim| migrate::prepare(ctx, claim))
+        .for_each_concurrent(concurrency, |claim| migrate::prepare(ctx, claim))
         .await;
-    let blocked: Vec<String> = claims
+    claims
         .iter()
         .filter(|c| !c.ready())
         .map(|c| c.name.clone())
-        .collect();
-    if blocked.is_empty() {
-        futures::stream::iter(claims.iter_mut())
-            .for_each_concurrent(config.concurrency, |claim| migrate::commit(ctx, claim))
-            .await;
-    } else {
-        for claim in &mut claims {
-            claim.hold_back(&blocked);
-        }
+        .collect()
+}
+
+/// Commits every prepared claim (a few at a time).
+pub async fn commit_all(ctx: &Context, claims: &mut [Claim], concurrency: usize) {
+    futures::stream::iter(claims.iter_mut())
+        .for_each_concurrent(concurrency, |claim| migrate::commit(ctx, claim))
+        .await;
+}
+
+/// Holds back every claim that was ready: `blocked` could not go through.
+pub fn hold_back(claims: &mut [Claim], blocked: &[String]) {
+    for claim in claims {
+        claim.hold_back(blocked);
     }
-    Ok(claims.into_iter().map(|c| c.outcome(&namespace)).collect())
 }
 
 /// The names given, then the release's own claims that the selector picks, then (in a run that

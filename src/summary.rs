@@ -41,6 +41,14 @@ pub enum Kind {
     MarkedVolume,
     /// The record of a copy that an interrupted run left on the old volume; name: the volume.
     CopyRecord,
+    /// `--statefulset`: the StatefulSet and the class of its template; name: the StatefulSet.
+    StatefulSet,
+    /// `--statefulset`: the StatefulSet does not exist; name: the StatefulSet.
+    StatefulSetAbsent,
+    /// `--statefulset`: the StatefulSet is already being deleted; name: the StatefulSet.
+    StatefulSetBeingDeleted,
+    /// `--statefulset`: a claim made from the template, with its class; name: the claim.
+    Member,
     // done, would, left
     /// The delete-after-claim mark was put on the volume (left: could not be taken off after a
     /// failure); name: the volume.
@@ -81,6 +89,16 @@ pub enum Kind {
     /// The old volume got its original reclaim policy back (`--delete-old-volume`); name: the
     /// volume.
     VolumeReclaimRestored,
+    /// `--statefulset`: the StatefulSet was deleted with its pods and claims orphaned; name: the
+    /// StatefulSet.
+    StatefulSetOrphaned,
+    /// `--statefulset`: the StatefulSet is gone; name: the StatefulSet.
+    StatefulSetGone,
+    /// `--statefulset` (left): the StatefulSet is to be created again with the new template
+    /// (Helm does so in the same upgrade); name: the StatefulSet.
+    StatefulSetToRecreate,
+    /// `--statefulset` (left): a claim that was not moved; name: the claim.
+    ClaimNotMoved,
     /// A step of the plan that was not reached; no name.
     NotReached,
 }
@@ -147,7 +165,8 @@ impl Result {
 /// What became of one claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
-    /// `namespace/name`, or `namespace/-l selector` when a selector picked none.
+    /// `namespace/name`, `namespace/-l selector` when a selector picked none, or
+    /// `namespace/statefulset/name` for the StatefulSet of a `--statefulset` run.
     pub claim: String,
     /// This claim's exit status.
     pub status: ExitStatus,

@@ -20,16 +20,17 @@
 //! the termination message keeps the human lines, which two tests pin.
 //! `STORAGECLASS_MIGRATE_HOOK_RUNNER=binary` runs the host binary instead of the image.
 //!
-//! Helm 3 runs every test, but for `data: copy` (section 9), which runs once with Helm 3 and
-//! once with Helm 4 (`HELM_MODULE=helm4 scripts/build-helm.sh`).
+//! Every scenario is an `async fn scenario(helm: Helm)` run twice, by the tests
+//! `scenario::helm_3` and `scenario::helm_4` (`testkit::helm_3_and_4!`): once with Helm 3
+//! (scripts/build-helm.sh) and once with Helm 4 (`HELM_MODULE=helm4 scripts/build-helm.sh`).
 
 use std::{fs, io::Read, os::unix::fs::MetadataExt, path::Path, sync::Arc, time::Duration};
 
-use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use testkit::files::{chmod, chown, data_dir, is_root};
 use testkit::helm::{Helm, HelmOut};
+use testkit::helm_3_and_4;
 use testkit::hook_runner::{How, Rendezvous, RunnerOpts};
 use testkit::prelude::*;
 use testkit::release::{CLAIM, Hook, JOB, Release, ReleaseOpts, skip_without_script};
@@ -42,9 +43,8 @@ fn retained(suffix: &str, class: &str) -> Volume {
 // ------------------------------------------------------------------------------------------
 // (1) install
 
-#[tokio::test]
-async fn install_runs_the_hook_and_the_claim_binds_on_class_a() {
-    let s = Release::new("e2e-install", Hook::Binary).await;
+async fn install_runs_the_hook_and_the_claim_binds_on_class_a(helm: Helm) {
+    let s = Release::new("e2e-install", Hook::Binary, helm).await;
     let pv = retained("pv-a", &s.a).create(&s).await;
     let claim = s.install(Some(&s.a)).await;
 
@@ -73,6 +73,7 @@ async fn install_runs_the_hook_and_the_claim_binds_on_class_a() {
     assert_eq!(s.release_status().await, "deployed");
     s.expect_hook_objects_gone().await;
 }
+helm_3_and_4!(install_runs_the_hook_and_the_claim_binds_on_class_a);
 
 // ------------------------------------------------------------------------------------------
 // (2) upgrade to class B; row "class change, Retain volume"
@@ -82,13 +83,14 @@ async fn install_runs_the_hook_and_the_claim_binds_on_class_a() {
 async fn class_change(
     prefix: &str,
     hook: Hook,
+    helm: Helm,
 ) -> (
     Release,
     PersistentVolumeClaim,
     PersistentVolumeClaim,
     PersistentVolume,
 ) {
-    let (s, before, pv_a) = Release::installed(prefix, hook).await;
+    let (s, before, pv_a) = Release::installed(prefix, hook, helm).await;
     let pv_b = get(&s.pvs(), &s.scoped("pv-b")).await;
 
     let after = s.upgrade_ok(&s.b, &[]).await;
@@ -99,9 +101,8 @@ async fn class_change(
     (s, before, after, pv_a)
 }
 
-#[tokio::test]
-async fn upgrade_to_class_b_replaces_the_claim_and_keeps_a_retain_volume() {
-    let (s, _, _, pv_a) = class_change("e2e-change", Hook::Binary).await;
+async fn upgrade_to_class_b_replaces_the_claim_and_keeps_a_retain_volume(helm: Helm) {
+    let (s, _, _, pv_a) = class_change("e2e-change", Hook::Binary, helm).await;
     let run = s.last_run(0);
     assert_eq!(s.runner.runs().len(), 2, "{}", s.runner.report());
     let pv = pv_a.name_any();
@@ -121,13 +122,13 @@ async fn upgrade_to_class_b_replaces_the_claim_and_keeps_a_retain_volume() {
     assert_eq!(pv_phase(&kept), Some("Released"));
     s.expect_hook_objects_gone().await;
 }
+helm_3_and_4!(upgrade_to_class_b_replaces_the_claim_and_keeps_a_retain_volume);
 
-#[tokio::test]
-async fn script_upgrade_to_class_b_deletes_a_retain_volume() {
+async fn script_upgrade_to_class_b_deletes_a_retain_volume(helm: Helm) {
     if skip_without_script("script_upgrade_to_class_b_deletes_a_retain_volume") {
         return;
     }
-    let (s, _, _, pv_a) = class_change("e2e-script-change", Hook::Script).await;
+    let (s, _, _, pv_a) = class_change("e2e-script-change", Hook::Script, helm).await;
     let run = s.last_run(0);
     // Its finalizer strips fail (kubectl patch has no --ignore-not-found, and `|| true` hides
     // it); the protection controllers let claim and volume go once unused.
@@ -141,16 +142,16 @@ async fn script_upgrade_to_class_b_deletes_a_retain_volume() {
         "the script deleted the Retain volume"
     );
 }
+helm_3_and_4!(script_upgrade_to_class_b_deletes_a_retain_volume);
 
 /// With get, patch and delete only (no list, watch), `kubectl delete --wait` cannot watch the
 /// claim it deleted: it waits out its 60 s and fails; the claim is gone, the upgrade failed.
-#[tokio::test]
-async fn script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone() {
+async fn script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone(helm: Helm) {
     if skip_without_script("script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone")
     {
         return;
     }
-    let s = Release::new("e2e-script-rbac", Hook::Script).await;
+    let s = Release::new("e2e-script-rbac", Hook::Script, helm).await;
     let pv_a = retained("pv-a", &s.a).create(&s).await;
     retained("pv-b", &s.b).create(&s).await;
     let out = s
@@ -165,7 +166,7 @@ async fn script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone()
         .await;
     s.expect_ok(&out);
     let out = s.upgrade(&s.b, &[]).await;
-    s.expect_failed_with(&out, "BackoffLimitExceeded");
+    s.expect_hook_failed(&out, "BackoffLimitExceeded").await;
     s.last_run_saying(
         1,
         &[
@@ -178,12 +179,13 @@ async fn script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone()
     assert_eq!(pv_phase(&left), Some("Released"));
     assert_eq!(s.release_status().await, "failed");
 }
+helm_3_and_4!(script_with_get_patch_delete_rbac_fails_after_60s_with_the_claim_gone);
 
 // ------------------------------------------------------------------------------------------
 // (3) upgrade without a change; row "no change"
 
-async fn no_change(prefix: &str, hook: Hook) -> Release {
-    let (s, before, pv) = Release::installed(prefix, hook).await;
+async fn no_change(prefix: &str, hook: Hook, helm: Helm) -> Release {
+    let (s, before, pv) = Release::installed(prefix, hook, helm).await;
     let out = s.helm("upgrade", &[], true).await;
     s.expect_ok(&out);
     let after = s.claim().await.expect("the claim is there");
@@ -193,32 +195,31 @@ async fn no_change(prefix: &str, hook: Hook) -> Release {
     s
 }
 
-#[tokio::test]
-async fn upgrade_without_a_change_keeps_the_claim() {
-    let s = no_change("e2e-same", Hook::Binary).await;
+async fn upgrade_without_a_change_keeps_the_claim(helm: Helm) {
+    let s = no_change("e2e-same", Hook::Binary, helm).await;
     let run = s.last_run(0);
     let o = run.outcome();
     assert_eq!(o.shape(), "nothing-to-do", "{run}");
     assert_eq!(o.detail.as_deref(), Some("already on the desired class"));
     assert_eq!(run.termination_message, o.line(), "{run}");
 }
+helm_3_and_4!(upgrade_without_a_change_keeps_the_claim);
 
-#[tokio::test]
-async fn script_upgrade_without_a_change_keeps_the_claim() {
+async fn script_upgrade_without_a_change_keeps_the_claim(helm: Helm) {
     if skip_without_script("script_upgrade_without_a_change_keeps_the_claim") {
         return;
     }
-    let s = no_change("e2e-script-same", Hook::Script).await;
+    let s = no_change("e2e-script-same", Hook::Script, helm).await;
     let run = s.last_run(0);
     assert!(run.output.contains("no migration"), "{run}");
 }
+helm_3_and_4!(script_upgrade_without_a_change_keeps_the_claim);
 
 // ------------------------------------------------------------------------------------------
 // (4) the toggle off
 
-#[tokio::test]
-async fn without_the_hook_a_class_change_fails_on_the_immutable_claim() {
-    let (s, before, _) = Release::installed("e2e-toggle", Hook::Binary).await;
+async fn without_the_hook_a_class_change_fails_on_the_immutable_claim(helm: Helm) {
+    let (s, before, _) = Release::installed("e2e-toggle", Hook::Binary, helm).await;
     let pv_b = get(&s.pvs(), &s.scoped("pv-b")).await;
 
     let off = [("storageclassMigrate.allowMigration", "false")];
@@ -243,14 +244,19 @@ async fn without_the_hook_a_class_change_fails_on_the_immutable_claim() {
     assert_eq!(volume_name(&after), Some(pv_b.name_any().as_str()));
     s.last_run(0);
 }
+helm_3_and_4!(without_the_hook_a_class_change_fails_on_the_immutable_claim);
 
 // ------------------------------------------------------------------------------------------
 // (5) class unset, the default class is the claim's; row "class left unset"
 
 /// Installs with the class unset while class D is the default: the claim gets D. Then upgrades
 /// without a change. Hold [`default_class_lock`] meanwhile.
-async fn unset_class(prefix: &str, hook: Hook) -> (Release, PersistentVolumeClaim, String) {
-    let s = Release::new(prefix, hook).await;
+async fn unset_class(
+    prefix: &str,
+    hook: Hook,
+    helm: Helm,
+) -> (Release, PersistentVolumeClaim, String) {
+    let s = Release::new(prefix, hook, helm).await;
     let d = Class::new("default")
         .default_class()
         .create(&s)
@@ -270,10 +276,9 @@ async fn unset_class(prefix: &str, hook: Hook) -> (Release, PersistentVolumeClai
     (s, before, pv.name_any())
 }
 
-#[tokio::test]
-async fn unset_class_equal_to_the_default_deletes_nothing() {
+async fn unset_class_equal_to_the_default_deletes_nothing(helm: Helm) {
     let _default = default_class_lock();
-    let (s, before, pv) = unset_class("e2e-unset", Hook::Binary).await;
+    let (s, before, pv) = unset_class("e2e-unset", Hook::Binary, helm).await;
     let run = s.last_run(0);
     assert_eq!(run.outcome().result, "nothing-to-do", "{run}");
     let after = s.claim().await.expect("the claim is there");
@@ -283,13 +288,13 @@ async fn unset_class_equal_to_the_default_deletes_nothing() {
         Some("Bound")
     );
 }
+helm_3_and_4!(unset_class_equal_to_the_default_deletes_nothing);
 
 /// The admin switches the cluster's default class between two upgrades of a chart that leaves
 /// the class unset: Helm leaves the omitted field alone, and so does the hook.
-#[tokio::test]
-async fn unset_class_after_the_default_changed_keeps_the_claim() {
+async fn unset_class_after_the_default_changed_keeps_the_claim(helm: Helm) {
     let _default = default_class_lock();
-    let s = Release::new("e2e-default-switch", Hook::Binary).await;
+    let s = Release::new("e2e-default-switch", Hook::Binary, helm).await;
     let old = Class::new("old")
         .default_class()
         .create(&s)
@@ -322,14 +327,14 @@ async fn unset_class_after_the_default_changed_keeps_the_claim() {
         Some("Bound")
     );
 }
+helm_3_and_4!(unset_class_after_the_default_changed_keeps_the_claim);
 
-#[tokio::test]
-async fn script_unset_class_deletes_the_claim_and_its_volume() {
+async fn script_unset_class_deletes_the_claim_and_its_volume(helm: Helm) {
     if skip_without_script("script_unset_class_deletes_the_claim_and_its_volume") {
         return;
     }
     let _default = default_class_lock();
-    let (s, before, pv) = unset_class("e2e-script-unset", Hook::Script).await;
+    let (s, before, pv) = unset_class("e2e-script-unset", Hook::Script, helm).await;
     let run = s.last_run(0);
     assert!(run.output.contains("mismatch"), "{run}");
     let after = s.claim().await.expect("helm created the claim again");
@@ -340,6 +345,7 @@ async fn script_unset_class_deletes_the_claim_and_its_volume() {
     );
     assert!(s.pv(&pv).await.is_none(), "its volume was deleted");
 }
+helm_3_and_4!(script_unset_class_deletes_the_claim_and_its_volume);
 
 // ------------------------------------------------------------------------------------------
 // (6) a failing hook: the target class is missing; row "target class missing"
@@ -353,18 +359,16 @@ type MissingClass = (
     HelmOut,
 );
 
-async fn missing_class(prefix: &str, hook: Hook) -> MissingClass {
-    let (s, before, pv) = Release::installed(prefix, hook).await;
+async fn missing_class(prefix: &str, hook: Hook, helm: Helm) -> MissingClass {
+    let (s, before, pv) = Release::installed(prefix, hook, helm).await;
     let missing = s.ns.scoped("missing");
     let out = s.upgrade(&missing, &[]).await;
     (s, before, pv, missing, out)
 }
 
-#[tokio::test]
-async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume() {
-    let (s, before, pv, missing, out) = missing_class("e2e-missing", Hook::Binary).await;
-    s.expect_failed_with(&out, "pre-upgrade hooks failed");
-    assert!(out.stderr.contains("PodFailurePolicy"), "{out}");
+async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume(helm: Helm) {
+    let (s, before, pv, missing, out) = missing_class("e2e-missing", Hook::Binary, helm).await;
+    s.expect_hook_failed(&out, "PodFailurePolicy").await;
     let run = s.last_run(3);
     // The reason, in the pod's status as the Job keeps it.
     let terminated = s.hook_pod_terminated().await;
@@ -375,15 +379,6 @@ async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume() {
             && message.contains("the old claim is kept"),
         "{terminated}\n{run}"
     );
-    let job: Job = get(&Api::namespaced(s.client().clone(), s.name()), JOB).await;
-    let failed = job
-        .status
-        .and_then(|st| st.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "Failed")
-        .expect("the Job failed");
-    assert_eq!(failed.reason.as_deref(), Some("PodFailurePolicy"));
     // Nothing changed.
     let kept = s.claim().await.expect("the claim is there");
     assert_eq!(kept.uid(), before.uid());
@@ -392,12 +387,87 @@ async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume() {
     assert_eq!(pv_phase(&pv_now), Some("Bound"));
     assert_eq!(s.release_status().await, "failed");
 }
+helm_3_and_4!(missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume);
+
+/// The same refused hook under `--atomic` (Helm 3) or `--rollback-on-failure` (Helm 4): helm
+/// rolls the release back to the revision before, and claim and volume are as they were. The
+/// chart's `helm.sh/hook-output-log-policy: hook-failed` makes helm print the hook's log (which
+/// the runner serves from a node, as a kubelet would).
+async fn a_refused_hook_rolls_the_release_back(helm: Helm) {
+    let opts = ReleaseOpts {
+        helm,
+        runner: RunnerOpts {
+            serve_logs: true,
+            ..RunnerOpts::default()
+        },
+        ..ReleaseOpts::default()
+    };
+    let s = Release::with("e2e-rollback", opts).await;
+    let pv = retained("pv-a", &s.a).create(&s).await;
+    let before = s.install(Some(&s.a)).await;
+    let installed = s.revision().await;
+
+    let missing = s.ns.scoped("missing");
+    let flag = match helm {
+        Helm::V3 => "--atomic",
+        Helm::V4 => "--rollback-on-failure",
+    };
+    let out = s.upgrade_with(&missing, &[], &[flag]).await;
+    s.expect_failed_with(&out, "pre-upgrade hooks failed");
+    assert!(out.stderr.contains("has been rolled back"), "{out}");
+    let run = s.last_run(3);
+    assert!(
+        run.notes.iter().any(|n| n.starts_with("bound to node")),
+        "{run}"
+    );
+    // The outcome line of the hook's log, in helm's output: as written by Helm 3, quoted in a
+    // log record by Helm 4 (compared without backslashes).
+    let refusal = run
+        .outcomes()
+        .into_iter()
+        .find(|o| o.result == "refused")
+        .unwrap_or_else(|| panic!("no refusal in the hook's log\n{run}"));
+    assert!(
+        refusal
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&missing),
+        "{run}"
+    );
+    let unescaped = |text: &str| text.replace('\\', "");
+    let line = run
+        .output
+        .lines()
+        .find(|l| l.starts_with("{\"claim\":"))
+        .expect("the outcome line");
+    assert!(
+        unescaped(&out.stderr).contains(&unescaped(line)),
+        "helm does not print the hook's log\n{out}\n{run}"
+    );
+
+    // Rolled back: a new revision, deployed, made from the installed one.
+    let status = s.status_json().await;
+    assert_eq!(status["info"]["status"], "deployed", "{status}");
+    assert_eq!(status["version"], installed + 2, "{status}");
+    assert_eq!(
+        status["info"]["description"],
+        format!("Rollback to {installed}"),
+        "{status}"
+    );
+    let kept = s.claim().await.expect("the claim is there");
+    assert_eq!(kept.uid(), before.uid());
+    assert_eq!(claim_class(&kept), Some(s.a.as_str()));
+    let pv_now = s.pv(&pv.name_any()).await.expect("the volume is there");
+    assert_eq!(pv_now.uid(), pv.uid());
+    assert_eq!(pv_phase(&pv_now), Some("Bound"));
+}
+helm_3_and_4!(a_refused_hook_rolls_the_release_back);
 
 /// A run stopped part-way (exit 6) is retried by the Job (podFailurePolicy lets 4, 5 and 6
 /// count against backoffLimit), and the retry finishes the migration in the same upgrade.
-#[tokio::test]
-async fn a_part_way_hook_is_retried_by_the_job_and_the_retry_finishes() {
-    let (s, before, _) = Release::installed("e2e-retry", Hook::Binary).await;
+async fn a_part_way_hook_is_retried_by_the_job_and_the_retry_finishes(helm: Helm) {
+    let (s, before, _) = Release::installed("e2e-retry", Hook::Binary, helm).await;
     let claims = s.claims();
     let finalizer = serde_json::json!({"metadata": {"finalizers": ["kubernetes.io/pvc-protection", "example.com/backup"]}});
     claims
@@ -430,13 +500,14 @@ async fn a_part_way_hook_is_retried_by_the_job_and_the_retry_finishes() {
     assert_ne!(after.uid(), before.uid());
     assert_eq!(claim_class(&after), Some(s.b.as_str()));
 }
+helm_3_and_4!(a_part_way_hook_is_retried_by_the_job_and_the_retry_finishes);
 
-#[tokio::test]
-async fn script_missing_target_class_deletes_claim_and_volume() {
+async fn script_missing_target_class_deletes_claim_and_volume(helm: Helm) {
     if skip_without_script("script_missing_target_class_deletes_claim_and_volume") {
         return;
     }
-    let (s, before, pv, missing, out) = missing_class("e2e-script-missing", Hook::Script).await;
+    let (s, before, pv, missing, out) =
+        missing_class("e2e-script-missing", Hook::Script, helm).await;
     s.expect_ok(&out);
     s.last_run(0);
     assert!(
@@ -454,6 +525,7 @@ async fn script_missing_target_class_deletes_claim_and_volume() {
         Some("Pending")
     );
 }
+helm_3_and_4!(script_missing_target_class_deletes_claim_and_volume);
 
 // ------------------------------------------------------------------------------------------
 // (7) an app pod uses the claim; row "a pod uses the claim"
@@ -468,8 +540,8 @@ type InUse = (
     KubeletStandIn,
 );
 
-async fn in_use(prefix: &str, hook: Hook) -> InUse {
-    let (s, before, pv) = Release::installed(prefix, hook).await;
+async fn in_use(prefix: &str, hook: Hook, helm: Helm) -> InUse {
+    let (s, before, pv) = Release::installed(prefix, hook, helm).await;
     s.running_pod("app", CLAIM).await;
     let kubelet = KubeletStandIn::start(s.name());
     (s, before, pv, kubelet)
@@ -485,9 +557,8 @@ fn app_pods_deleted(kubelet: &KubeletStandIn) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn in_use_evict_evicts_the_pod_then_replaces_the_claim() {
-    let (s, before, _, kubelet) = in_use("e2e-evict", Hook::Binary).await;
+async fn in_use_evict_evicts_the_pod_then_replaces_the_claim(helm: Helm) {
+    let (s, before, _, kubelet) = in_use("e2e-evict", Hook::Binary, helm).await;
     let after = s.upgrade_ok(&s.b, &[]).await;
     let run = s.last_run(0);
     assert_eq!(app_pods_deleted(&kubelet), ["app"], "{run}");
@@ -496,14 +567,14 @@ async fn in_use_evict_evicts_the_pod_then_replaces_the_claim() {
     assert_ne!(after.uid(), before.uid());
     assert_eq!(claim_class(&after), Some(s.b.as_str()));
 }
+helm_3_and_4!(in_use_evict_evicts_the_pod_then_replaces_the_claim);
 
-#[tokio::test]
-async fn in_use_fail_refuses_and_the_upgrade_fails() {
-    let (s, before, pv, kubelet) = in_use("e2e-in-use-fail", Hook::Binary).await;
+async fn in_use_fail_refuses_and_the_upgrade_fails(helm: Helm) {
+    let (s, before, pv, kubelet) = in_use("e2e-in-use-fail", Hook::Binary, helm).await;
     let out = s
         .upgrade(&s.b, &[("storageclassMigrate.inUse", "fail")])
         .await;
-    s.expect_failed_with(&out, "PodFailurePolicy");
+    s.expect_hook_failed(&out, "PodFailurePolicy").await;
     let run = s.last_run(3);
     let terminated = s.hook_pod_terminated().await;
     let message = terminated["message"].as_str().unwrap_or_default();
@@ -520,19 +591,19 @@ async fn in_use_fail_refuses_and_the_upgrade_fails() {
         Some("Bound")
     );
 }
+helm_3_and_4!(in_use_fail_refuses_and_the_upgrade_fails);
 
 /// The script's `kubectl patch --ignore-not-found` fails (kubectl patch has no such flag), so
 /// the claim keeps its `kubernetes.io/pvc-protection` finalizer: the delete waits for the pod
 /// to go, which nothing asks for, `kubectl delete --wait --timeout=60s` gives up, and the Job
 /// fails with the claim left terminating under the running pod.
-#[tokio::test]
-async fn script_in_use_fails_after_60s_leaving_the_claim_terminating() {
+async fn script_in_use_fails_after_60s_leaving_the_claim_terminating(helm: Helm) {
     if skip_without_script("script_in_use_fails_after_60s_leaving_the_claim_terminating") {
         return;
     }
-    let (s, before, pv, kubelet) = in_use("e2e-script-in-use", Hook::Script).await;
+    let (s, before, pv, kubelet) = in_use("e2e-script-in-use", Hook::Script, helm).await;
     let out = s.upgrade(&s.b, &[]).await;
-    s.expect_failed_with(&out, "BackoffLimitExceeded");
+    s.expect_hook_failed(&out, "BackoffLimitExceeded").await;
     let run = s.last_run_saying(
         1,
         &[
@@ -553,18 +624,22 @@ async fn script_in_use_fails_after_60s_leaving_the_claim_terminating() {
     );
     assert_eq!(s.release_status().await, "failed");
 }
+helm_3_and_4!(script_in_use_fails_after_60s_leaving_the_claim_terminating);
 
 // ------------------------------------------------------------------------------------------
 // (8) two releases of the same name in two namespaces at the same time
 
-#[tokio::test]
-async fn two_releases_in_two_namespaces_at_once_keep_apart() {
-    let opts = RunnerOpts {
-        rendezvous: Some(Arc::new(Rendezvous::new(2))),
-        ..RunnerOpts::default()
+async fn two_releases_in_two_namespaces_at_once_keep_apart(helm: Helm) {
+    let opts = ReleaseOpts {
+        helm,
+        runner: RunnerOpts {
+            rendezvous: Some(Arc::new(Rendezvous::new(2))),
+            ..RunnerOpts::default()
+        },
+        ..ReleaseOpts::default()
     };
-    let one = Release::with_opts("e2e-two-1", Hook::Binary, Class::new("a"), opts.clone()).await;
-    let two = Release::with_opts("e2e-two-2", Hook::Binary, Class::new("a"), opts).await;
+    let one = Release::with("e2e-two-1", opts.clone()).await;
+    let two = Release::with("e2e-two-2", opts).await;
     for s in [&one, &two] {
         retained("pv-a", &s.a).create(s).await;
         retained("pv-b", &s.b).create(s).await;
@@ -607,6 +682,7 @@ async fn two_releases_in_two_namespaces_at_once_keep_apart() {
         s.expect_hook_objects_gone().await;
     }
 }
+helm_3_and_4!(two_releases_in_two_namespaces_at_once_keep_apart);
 
 // ------------------------------------------------------------------------------------------
 // Row "the volume carries its provisioner's finalizer"
@@ -617,10 +693,16 @@ async fn two_releases_in_two_namespaces_at_once_keep_apart() {
 async fn provisioner_finalizer(
     prefix: &str,
     hook: Hook,
+    helm: Helm,
     wait: bool,
 ) -> (Release, PersistentVolume, HelmOut) {
-    let class_a = Class::new("a").provisioner(CSI_PROVISIONER);
-    let s = Release::with_opts(prefix, hook, class_a, RunnerOpts::default()).await;
+    let opts = ReleaseOpts {
+        hook,
+        helm,
+        class_a: Class::new("a").provisioner(CSI_PROVISIONER),
+        ..ReleaseOpts::default()
+    };
+    let s = Release::with(prefix, opts).await;
     let pv = retained("pv-a", &s.a).csi().create(&s).await;
     retained("pv-b", &s.b).create(&s).await;
     s.install(Some(&s.a)).await;
@@ -649,9 +731,8 @@ async fn release_volume(s: &Release, name: &str) {
         .await;
 }
 
-#[tokio::test]
-async fn provisioner_finalizer_is_left_to_the_provisioner() {
-    let (s, pv, out) = provisioner_finalizer("e2e-csi", Hook::Binary, true).await;
+async fn provisioner_finalizer_is_left_to_the_provisioner(helm: Helm) {
+    let (s, pv, out) = provisioner_finalizer("e2e-csi", Hook::Binary, helm, true).await;
     s.expect_ok(&out);
     let after = wait_bound(s.client(), s.name(), CLAIM).await;
     assert_eq!(claim_class(&after), Some(s.b.as_str()));
@@ -676,17 +757,17 @@ async fn provisioner_finalizer_is_left_to_the_provisioner() {
     );
     release_volume(&s, &name).await;
 }
+helm_3_and_4!(provisioner_finalizer_is_left_to_the_provisioner);
 
 /// The script's `kubectl patch --ignore-not-found` fails, so the provisioner's finalizer stays:
 /// `kubectl delete pv --wait --timeout=60s` waits for a provisioner that does not run here, gives
 /// up, and the upgrade fails with the claim already gone.
-#[tokio::test]
-async fn script_provisioner_finalizer_fails_after_60s_with_the_claim_gone() {
+async fn script_provisioner_finalizer_fails_after_60s_with_the_claim_gone(helm: Helm) {
     if skip_without_script("script_provisioner_finalizer_fails_after_60s_with_the_claim_gone") {
         return;
     }
-    let (s, pv, out) = provisioner_finalizer("e2e-script-csi", Hook::Script, false).await;
-    s.expect_failed_with(&out, "BackoffLimitExceeded");
+    let (s, pv, out) = provisioner_finalizer("e2e-script-csi", Hook::Script, helm, false).await;
+    s.expect_hook_failed(&out, "BackoffLimitExceeded").await;
     s.last_run_saying(
         1,
         &[
@@ -709,9 +790,10 @@ async fn script_provisioner_finalizer_fails_after_60s_with_the_claim_gone() {
     assert_eq!(s.release_status().await, "failed");
     release_volume(&s, &name).await;
 }
+helm_3_and_4!(script_provisioner_finalizer_fails_after_60s_with_the_claim_gone);
 
 // ------------------------------------------------------------------------------------------
-// (9) data: copy, with Helm 3 and with Helm 4
+// (9) data: copy
 
 const MIGRATED_FROM: &str = "storageclass-migrate/migrated-from";
 /// The file the test writes into the volume on class A: its name, size, owner and mode.
@@ -768,13 +850,13 @@ fn managers(claim: &PersistentVolumeClaim) -> Vec<String> {
 /// file (random bytes, another owner, mode 0640); upgrades to class B (host-path provisioned)
 /// with `data: copy`; then upgrades again without a change, then rolls back to the revision on
 /// class A. The same with either helm.
-async fn data_copy_through_helm(helm: Helm) {
+async fn data_copy_keeps_the_file(helm: Helm) {
     if !is_root() {
         eprintln!("skipped: this test needs root (the file belongs to another user)");
         return;
     }
     let s = Release::with(
-        &format!("e2e-copy-helm{}", helm.major()),
+        "e2e-copy",
         ReleaseOpts {
             helm,
             class_b: Class::new("b").host_path_provisioner(),
@@ -932,13 +1014,4 @@ async fn data_copy_through_helm(helm: Helm) {
     assert_eq!(reclaim_policy(&old), "Retain");
     assert_payload(&old_dir, &payload, "the old volume after the rollback");
 }
-
-#[tokio::test]
-async fn data_copy_keeps_the_file_through_helm_3() {
-    data_copy_through_helm(Helm::V3).await;
-}
-
-#[tokio::test]
-async fn data_copy_keeps_the_file_through_helm_4() {
-    data_copy_through_helm(Helm::V4).await;
-}
+helm_3_and_4!(data_copy_keeps_the_file);

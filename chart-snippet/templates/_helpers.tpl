@@ -68,15 +68,15 @@ and "values" arguments).
 {{- $out := .out -}}
 {{- $p := "storageclass-migrate" -}}
 {{- if not (kindIs "map" $args) -}}
-{{- fail (printf "%s: call it as include \"storageclass-migrate.hook\" (dict \"claim\" NAME \"storageClass\" CLASS \"context\" $)" $p) -}}
+{{- fail (printf "%s: call it as include \"storageclass-migrate.hook\" (dict \"claim\" NAME \"storageClass\" CLASS \"context\" $), or with \"statefulSet\" NAME \"template\" NAME instead of \"claim\"" $p) -}}
 {{- end -}}
 {{- $ctx := get $args "context" -}}
 {{- if not $ctx -}}
 {{- fail (printf "%s: the argument \"context\" is missing: pass the chart's root context, (dict ... \"context\" $)" $p) -}}
 {{- end -}}
 {{- range $key, $_ := $args -}}
-{{- if not (has $key (list "context" "claim" "claims" "selector" "storageClass" "name" "settings" "values")) -}}
-{{- fail (printf "%s: unknown argument %q (known: context, claim, claims, selector, storageClass, name, settings, values)" $p $key) -}}
+{{- if not (has $key (list "context" "claim" "claims" "selector" "statefulSet" "template" "storageClass" "name" "settings" "values")) -}}
+{{- fail (printf "%s: unknown argument %q (known: context, claim, claims, selector, statefulSet, template, storageClass, name, settings, values)" $p $key) -}}
 {{- end -}}
 {{- end -}}
 
@@ -121,8 +121,25 @@ and "values" arguments).
 {{- end -}}
 {{- $claims = concat $claims (get $args "claims") -}}
 {{- end -}}
-{{- if not (or $claims $selector) -}}
-{{- fail (printf "%s: no claim given: pass \"claim\" NAME, \"claims\" (list NAME ...) or \"selector\" LABEL-SELECTOR" $p) -}}
+{{- /* A StatefulSet: its claims are <template>-<statefulSet>-<ordinal>, found by the binary. */ -}}
+{{- $statefulSet := get $args "statefulSet" | default "" -}}
+{{- $template := get $args "template" | default "" -}}
+{{- if $statefulSet -}}
+{{- if or $claims $selector -}}
+{{- fail (printf "%s: \"statefulSet\" finds the claims by its template: leave \"claim\", \"claims\" and \"selector\" out" $p) -}}
+{{- end -}}
+{{- range $what, $value := dict "statefulSet" $statefulSet "template" $template -}}
+{{- if not (and (kindIs "string" $value) (regexMatch (include "storageclass-migrate.dnsSubdomainPattern" dict) $value) (le (len $value) 63) (not (contains "." $value))) -}}
+{{- fail (printf "%s: \"%s\" %q is not a valid name (lowercase letters, digits and '-', at most 63 characters); \"template\" names the volumeClaimTemplate, which the hook needs to find the claims again once the StatefulSet is gone" $p $what (toString $value)) -}}
+{{- end -}}
+{{- end -}}
+{{- else if $template -}}
+{{- fail (printf "%s: \"template\" goes with \"statefulSet\"" $p) -}}
+{{- end -}}
+{{- $_ = set $out "statefulSet" $statefulSet -}}
+{{- $_ = set $out "template" $template -}}
+{{- if not (or $claims $selector $statefulSet) -}}
+{{- fail (printf "%s: no claim given: pass \"claim\" NAME, \"claims\" (list NAME ...), \"selector\" LABEL-SELECTOR, or \"statefulSet\" NAME \"template\" NAME" $p) -}}
 {{- end -}}
 {{- if not (kindIs "string" $selector) -}}
 {{- fail (printf "%s: the argument \"selector\" must be a label selector string such as \"app=db\"" $p) -}}
@@ -156,6 +173,8 @@ got, even when the cluster's default class changes. To move claims to the defaul
 {{- if not $id -}}
 {{- if $claims -}}
 {{- $id = join "-" $claims -}}
+{{- else if $statefulSet -}}
+{{- $id = $statefulSet -}}
 {{- else -}}
 {{- $id = printf "selector-%s" (sha256sum $selector | trunc 8) -}}
 {{- end -}}
@@ -334,14 +353,16 @@ rules (dict "rules" LIST "state" STATE): the RBAC rules of rbac-rules.json that 
   dataCopy            data is copy (the temporary claims and the claim made again, whose names
                       are not all known here; the copy Job; the copy pod's dry run; the old and
                       new volumes' reclaim policy, claimRef and annotation patches)
-"limitToClaimNames": the rule names the claims when they are given by name only (a selector
-picks names unknown here); "limitToNamespace": the rule names the release's namespace.
+  statefulSet         a StatefulSet is given (its read, the wait for it to go, its delete)
+"limitToClaimNames": the rule names the claims when they are given by name only (a selector, or a
+StatefulSet's ordinals, name claims unknown here); "limitToNamespace": the rule names the release's
+namespace; "limitToStatefulSetName": the rule names the StatefulSet.
 */ -}}
 {{- define "storageclass-migrate.rules" -}}
 {{- $state := .state -}}
 {{- range $rule := .rules -}}
 {{- range $key, $_ := $rule -}}
-{{- if not (has $key (list "when" "apiGroups" "resources" "verbs" "limitToClaimNames" "limitToNamespace")) -}}
+{{- if not (has $key (list "when" "apiGroups" "resources" "verbs" "limitToClaimNames" "limitToNamespace" "limitToStatefulSetName")) -}}
 {{- fail (printf "storageclass-migrate: rbac-rules.json: unknown key %q in a rule" $key) -}}
 {{- end -}}
 {{- end -}}
@@ -359,6 +380,8 @@ picks names unknown here); "limitToNamespace": the rule names the release's name
 {{- $on = $state.s.stripAllFinalizers -}}
 {{- else if eq $when "dataCopy" -}}
 {{- $on = eq $state.s.data "copy" -}}
+{{- else if eq $when "statefulSet" -}}
+{{- $on = not (empty $state.statefulSet) -}}
 {{- else -}}
 {{- fail (printf "storageclass-migrate: rbac-rules.json: unknown \"when\" %q" $when) -}}
 {{- end -}}
@@ -366,13 +389,21 @@ picks names unknown here); "limitToNamespace": the rule names the release's name
 - apiGroups: {{ toJson $rule.apiGroups }}
   resources: {{ toJson $rule.resources }}
   verbs: {{ toJson $rule.verbs }}
-{{- if and (get $rule "limitToClaimNames") (get $rule "limitToNamespace") -}}
-{{- fail "storageclass-migrate: rbac-rules.json: a rule cannot have both limitToClaimNames and limitToNamespace" -}}
+{{- $limits := 0 -}}
+{{- range $limit := list "limitToClaimNames" "limitToNamespace" "limitToStatefulSetName" -}}
+{{- if get $rule $limit -}}
+{{- $limits = add1 $limits -}}
+{{- end -}}
+{{- end -}}
+{{- if gt $limits 1 -}}
+{{- fail "storageclass-migrate: rbac-rules.json: a rule can have only one of limitToClaimNames, limitToNamespace and limitToStatefulSetName" -}}
 {{- end -}}
 {{- if and (get $rule "limitToClaimNames") $state.claims (not $state.selector) }}
   resourceNames: {{ toJson $state.claims }}
 {{- else if get $rule "limitToNamespace" }}
   resourceNames: {{ list $state.namespace | toJson }}
+{{- else if get $rule "limitToStatefulSetName" }}
+  resourceNames: {{ list $state.statefulSet | toJson }}
 {{- end }}
 {{- end }}
 {{- end -}}

@@ -11,13 +11,20 @@ README.md.
        "selector" "app.kubernetes.io/instance=x"        a label selector picking (more) claims;
                                                         only claims of this release (Helm's
                                                         meta.helm.sh/release-name and
-                                                        release-namespace annotations) are taken
+                                                        release-namespace annotations) are taken;
+                                                        or, instead of claims:
+       "statefulSet" "db" "template" "data"             a StatefulSet of the chart and the name
+                                                        of its volumeClaimTemplate: the hook
+                                                        deletes the StatefulSet (orphaning its
+                                                        pods and claims) and moves every claim
+                                                        <template>-<statefulSet>-<ordinal>; the
+                                                        same upgrade creates it again
        "storageClass" .Values.persistence.storageClass  what the claim template asks for: a name;
                                                         "-" for no class; "" or null when the
                                                         template leaves the class out: nothing to
                                                         do (Helm leaves an omitted class alone)
        "name" "data"                                    optional: names the hook's objects (default:
-                                                        the claim names)
+                                                        the claim names, or the StatefulSet's)
        "settings" (dict "inUse" "fail")                 optional: overrides of the settings
        "values" .Values.other                           optional: the settings, if the dependency
                                                         is not aliased storageclassMigrate
@@ -207,6 +214,12 @@ spec:
             {{- if .selector }}
             - name: PVC_SELECTOR
               value: {{ .selector | quote }}
+            {{- end }}
+            {{- if .statefulSet }}
+            - name: STATEFULSET_NAME
+              value: {{ .statefulSet | quote }}
+            - name: VOLUME_CLAIM_TEMPLATE
+              value: {{ .template | quote }}
             {{- end }}
             - name: RELEASE_NAME
               value: {{ .context.Release.Name | quote }}

@@ -51,6 +51,13 @@
       "apiGroups": [""],
       "resources": ["pods"],
       "verbs": ["create"]
+    },
+    {
+      "when": "statefulSet",
+      "apiGroups": ["apps"],
+      "resources": ["statefulsets"],
+      "verbs": ["get", "list", "watch", "delete"],
+      "limitToStatefulSetName": true
     }
   ],
   "clusterRole": [

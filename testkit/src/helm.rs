@@ -1,5 +1,6 @@
 //! helm (built by `scripts/build-helm.sh`: Helm 3, and Helm 4 when a test asks for it) and the
-//! charts, prepared once per test process: a copy of `chart-snippet/` and `examples/app` under
+//! charts, prepared once per test process: a copy of `chart-snippet/`, `examples/app` and
+//! `examples/statefulset` under
 //! `target/tmp/e2e-<pid>/` with the app's dependency built there (the work tree is not touched),
 //! and, when `STORAGECLASS_MIGRATE_SCRIPT` names the kubectl script that storageclass-migrate
 //! replaces, the same app with that script as its hook (`testkit/charts/script-hook.yaml`).
@@ -101,6 +102,8 @@ pub struct Charts {
     pub base: PathBuf,
     /// A copy of examples/app with its dependency built.
     pub app: PathBuf,
+    /// A copy of examples/statefulset with its dependency built.
+    pub statefulset: PathBuf,
     /// The same chart with the kubectl script as its hook, if [`SCRIPT_ENV`] names a script.
     pub script_app: Option<PathBuf>,
 }
@@ -147,18 +150,24 @@ fn prepare_charts() -> Result<Charts, String> {
     let app = base.join("examples/app");
     copy_dir(&root.join("examples/app"), &app)?;
     let _ = fs::remove_dir_all(app.join("charts"));
+    let statefulset = base.join("examples/statefulset");
+    copy_dir(&root.join("examples/statefulset"), &statefulset)?;
+    let _ = fs::remove_dir_all(statefulset.join("charts"));
     let charts = Charts {
         base: base.clone(),
         app: app.clone(),
+        statefulset: statefulset.clone(),
         script_app: None,
     };
-    // Helm 3 builds the dependency; both majors read the result.
-    let out = charts.run_blocking(
-        Helm::V3,
-        &["dependency", "build", &app.display().to_string()],
-    );
-    if !out.ok() {
-        return Err(format!("helm dependency build: {out}"));
+    // Helm 3 builds the dependencies; both majors read the result.
+    for chart in [&app, &statefulset] {
+        let out = charts.run_blocking(
+            Helm::V3,
+            &["dependency", "build", &chart.display().to_string()],
+        );
+        if !out.ok() {
+            return Err(format!("helm dependency build: {out}"));
+        }
     }
 
     let script_app = match script_path() {
@@ -296,4 +305,25 @@ impl Charts {
         .await
         .expect("helm thread")
     }
+}
+
+/// For each `async fn scenario(helm: Helm)` named, the tests `scenario::helm_3` and
+/// `scenario::helm_4`, which run it with that helm: `helm_3_and_4!(upgrade_keeps_the_claim);`
+/// after the function. `scripts/test.sh` runs the tests named `…::helm_3` and `…::helm_4`
+/// after the others, several at a time.
+#[macro_export]
+macro_rules! helm_3_and_4 {
+    ($($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test]
+            async fn helm_3() {
+                super::$scenario($crate::helm::Helm::V3).await;
+            }
+
+            #[tokio::test]
+            async fn helm_4() {
+                super::$scenario($crate::helm::Helm::V4).await;
+            }
+        }
+    )+};
 }

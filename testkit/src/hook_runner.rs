@@ -31,7 +31,9 @@
 //! The Job controller then completes or fails the Job, with its `podFailurePolicy`, and Helm goes
 //! on or fails. The pods stay unscheduled (`spec.nodeName` empty): the Job controller counts pods
 //! by their phase and container statuses, and the apiserver accepts status writes for unscheduled
-//! pods, as Kubernetes' own Job integration tests do.
+//! pods, as Kubernetes' own Job integration tests do. With [`RunnerOpts::serve_logs`] each pod
+//! is bound to this process's [`crate::node::LogNode`] first, whose kubelet endpoint then
+//! serves the container's output to `kubectl logs` and Helm.
 //!
 //! How a container runs:
 //!
@@ -92,6 +94,7 @@ use crate::{
     binary::binary_path,
     control_plane::{ControlPlane, client, repo_root},
     kubelet::each_pod,
+    node::log_node,
     objects::volume_dir,
     rbac::{request_token, wait_authorized, write_token_kubeconfig},
 };
@@ -124,6 +127,11 @@ pub struct RunnerOpts {
     /// The first pod of the runner is killed (SIGKILL, exit status 137) after this long, as a
     /// node that loses a pod would; the pods after it run in full.
     pub kill_first: Option<Duration>,
+    /// Bind each pod to this process's [`crate::node::LogNode`] before it runs and serve its
+    /// output there once it ended, so that its log can be read through the apiserver
+    /// (`kubectl logs`, Helm's `helm.sh/hook-output-log-policy`). Off: the pods stay
+    /// unscheduled.
+    pub serve_logs: bool,
 }
 
 impl Default for RunnerOpts {
@@ -134,6 +142,7 @@ impl Default for RunnerOpts {
             rendezvous: None,
             max_run: Duration::from_secs(150),
             kill_first: None,
+            serve_logs: false,
         }
     }
 }
@@ -376,6 +385,15 @@ async fn run_pod(client: &Client, pod: &Pod, opts: &RunnerOpts) -> HookRun {
     let job = pod.labels().get("batch.kubernetes.io/job-name").cloned();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let container = spec.containers.first().cloned().unwrap_or_default();
+    let node = if opts.serve_logs {
+        Some(log_node().await)
+    } else {
+        None
+    };
+    let mut bind_error = None;
+    if let Some(node) = node {
+        bind_error = node.bind(&pods, &name).await.err();
+    }
 
     set_running(&pods, &name, &container, started).await;
     let mut run = HookRun {
@@ -427,6 +445,13 @@ async fn run_pod(client: &Client, pod: &Pod, opts: &RunnerOpts) -> HookRun {
         }
     }
     run.elapsed = clock.elapsed();
+    if let Some(node) = node {
+        run.notes.push(match bind_error {
+            None => format!("bound to node {}, which serves its log", node.name()),
+            Some(e) => format!("binding to node {} failed: {e}", node.name()),
+        });
+        node.put(pod, &container.name, run.output.as_bytes());
+    }
     set_terminated(&pods, &name, &container, &run, started).await;
     run
 }

@@ -5,13 +5,15 @@
 //! | [`control_plane`] | the local control plane (`scripts/control-plane.sh`), admin clients |
 //! | [`namespace`] | unique names, a namespace per test, the default-class lock |
 //! | [`cluster`] | the usual scene: a namespace with classes A and B, the binary run there |
-//! | [`objects`] | builders: classes (also host-path provisioned), volumes, claims, pods, nodes, budgets, Jobs that mount claims |
+//! | [`objects`] | builders: classes (also host-path provisioned), volumes, claims, pods, nodes, budgets, Jobs that mount claims, StatefulSets |
 //! | [`rbac`] | service accounts with rules (the chart's), tokens, token kubeconfigs |
 //! | [`api`] | create, read, wait for, unchanged-object checks |
 //! | [`binary`] | the binary as a subprocess: run, wait, kill; its output |
 //! | [`outcome`] | the binary's structured summary (`--summary-format json`), typed |
 //! | [`kubelet`] | the stand-in kubelet that finishes deleted and evicted pods |
+//! | [`binder`] | the stand-in scheduler that binds StatefulSet pods to a node (`pods/binding`) |
 //! | [`hook_runner`] | runs Jobs' pods (in the image, or on the host), claims mounted, in place of a kubelet |
+//! | [`node`] | this process's Node, whose kubelet endpoint serves the logs of the pods the runner ran |
 //! | [`fault_proxy`] | an HTTP proxy to the apiserver that injects faults |
 //! | [`files`] | a tree with every kind of entry, and the comparison of two trees |
 //! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |
@@ -48,6 +50,7 @@
 pub mod api;
 pub mod background;
 pub mod binary;
+pub mod binder;
 pub mod chart_repo;
 pub mod cluster;
 pub mod control_plane;
@@ -59,6 +62,7 @@ pub mod hold;
 pub mod hook_runner;
 pub mod kubelet;
 pub mod namespace;
+pub mod node;
 pub mod objects;
 pub mod outcome;
 pub mod rbac;
@@ -67,6 +71,7 @@ pub mod rows;
 
 pub use api::*;
 pub use binary::{Binary, Job, RUN_TIMEOUT, Run, binary_path};
+pub use binder::PodBinder;
 pub use cluster::Cluster;
 pub use control_plane::{
     ControlPlane, apiserver_url, ca_path, client, client_for, kubeconfig_path,
@@ -80,7 +85,8 @@ pub use namespace::{
 pub use objects::*;
 pub use outcome::{Item, Outcome};
 pub use rbac::{
-    Account, ServiceAccountAccess, chart_rules, everything, rule, write_token_kubeconfig,
+    Account, ServiceAccountAccess, chart_rules, everything, rule, statefulset_chart_rules,
+    write_token_kubeconfig,
 };
 
 /// Everything a scenario file usually needs, in one `use`.

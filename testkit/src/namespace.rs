@@ -21,6 +21,7 @@ use std::{
 
 use k8s_openapi::api::{
     admissionregistration::v1::ValidatingWebhookConfiguration,
+    apps::v1::StatefulSet,
     core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
     storage::v1::StorageClass,
@@ -173,6 +174,11 @@ impl TestNamespace {
     /// The pods of the namespace.
     pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// The StatefulSets of the namespace.
+    pub fn sets(&self) -> Api<StatefulSet> {
+        Api::namespaced(self.client().clone(), self.name())
     }
 }
 

@@ -34,6 +34,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::{
+    apps::v1::StatefulSet,
     batch::v1::Job as BatchJob,
     core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod},
     policy::v1::PodDisruptionBudget,
@@ -759,6 +760,145 @@ impl Budget {
         )
         .await
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// StatefulSet
+
+/// A StatefulSet `name` (3 replicas, `podManagementPolicy: Parallel`, pods labelled
+/// `app: <name>`) with one volumeClaimTemplate, `data` by default (1Gi, ReadWriteOnce, class
+/// unset unless given): its controller makes the claims `data-<name>-<ordinal>`. Its pods stay
+/// unscheduled unless a [`crate::PodBinder`] runs for the namespace.
+#[derive(Clone, Debug)]
+pub struct Sts {
+    name: String,
+    replicas: i32,
+    template: String,
+    class: Option<String>,
+    when_deleted: Option<String>,
+}
+
+impl Sts {
+    pub fn new(name: &str) -> Sts {
+        Sts {
+            name: name.into(),
+            replicas: 3,
+            template: "data".into(),
+            class: None,
+            when_deleted: None,
+        }
+    }
+
+    pub fn replicas(mut self, n: i32) -> Sts {
+        self.replicas = n;
+        self
+    }
+
+    /// The volumeClaimTemplate's name.
+    pub fn template(mut self, name: &str) -> Sts {
+        self.template = name.into();
+        self
+    }
+
+    /// The template's `storageClassName`.
+    pub fn class(mut self, class: &str) -> Sts {
+        self.class = Some(class.into());
+        self
+    }
+
+    /// `persistentVolumeClaimRetentionPolicy.whenDeleted` (`Retain` or `Delete`): with `Delete`
+    /// the controller puts an owner reference to the StatefulSet on every claim.
+    pub fn when_deleted(mut self, policy: &str) -> Sts {
+        self.when_deleted = Some(policy.into());
+        self
+    }
+
+    /// The claim of ordinal `n`: `<template>-<name>-<n>`.
+    pub fn claim(&self, n: i32) -> String {
+        format!("{}-{}-{n}", self.template, self.name)
+    }
+
+    pub fn build(&self) -> StatefulSet {
+        let mut spec = json!({
+            "replicas": self.replicas,
+            "serviceName": self.name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": self.name}},
+            "template": {
+                "metadata": {"labels": {"app": self.name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "main",
+                        "image": "registry.invalid/storageclass-migrate/none:0",
+                        "volumeMounts": [{"name": self.template, "mountPath": "/data"}],
+                    }],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": self.template},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                    "storageClassName": self.class,
+                },
+            }],
+        });
+        if let Some(policy) = &self.when_deleted {
+            spec["persistentVolumeClaimRetentionPolicy"] =
+                json!({"whenDeleted": policy, "whenScaled": "Retain"});
+        }
+        from_json(json!({"metadata": {"name": self.name}, "spec": spec}))
+    }
+
+    pub async fn create(&self, ns: &TestNamespace) -> StatefulSet {
+        create(&ns.sets(), &self.build()).await
+    }
+
+    /// Sets `spec.replicas`.
+    pub async fn scale(&self, ns: &TestNamespace, replicas: i32) -> StatefulSet {
+        ns.sets()
+            .patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("scaling StatefulSet {}: {e}", self.name))
+    }
+
+    /// Waits until the claims of ordinals `0..n` are bound; returns them by ordinal.
+    pub async fn wait_claims(&self, ns: &TestNamespace, n: i32) -> Vec<PersistentVolumeClaim> {
+        let mut claims = Vec::new();
+        for i in 0..n {
+            claims.push(wait_bound(ns.client(), ns.name(), &self.claim(i)).await);
+        }
+        claims
+    }
+
+    /// Waits until the pods of ordinals `0..n` are on a node and Ready (a [`crate::PodBinder`]
+    /// binds them and marks them so).
+    pub async fn wait_pods(&self, ns: &TestNamespace, n: i32) -> Vec<Pod> {
+        let mut pods = Vec::new();
+        for i in 0..n {
+            let name = format!("{}-{i}", self.name);
+            let pod = wait_for(&ns.pods(), &name, "on a node and Ready", |p| {
+                p.is_some_and(|p| !node_of(p).is_empty() && pod_ready(p))
+            })
+            .await
+            .expect("the pod exists");
+            pods.push(pod);
+        }
+        pods
+    }
+}
+
+/// Whether the pod's `Ready` condition is true.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 #[cfg(test)]

@@ -42,6 +42,37 @@ pub fn chart_rules(
     when: &[&str],
     without: Option<(&str, &str)>,
 ) -> (Vec<PolicyRule>, Vec<PolicyRule>) {
+    rules_for(Scope::Claims(claims), namespace, when, without)
+}
+
+/// The hook's rules as the chart renders them for StatefulSet `set` (the `statefulSet` argument
+/// of the include): the rules whose `when` is `statefulSet` or in `when`,
+/// `limitToStatefulSetName` as resourceNames of `set`, and `limitToClaimNames` without names
+/// (the claims of every ordinal, also those a scale-down left, cannot be listed in advance).
+pub fn statefulset_chart_rules(
+    set: &str,
+    namespace: &str,
+    when: &[&str],
+    without: Option<(&str, &str)>,
+) -> (Vec<PolicyRule>, Vec<PolicyRule>) {
+    let mut when = when.to_vec();
+    when.push("statefulSet");
+    rules_for(Scope::StatefulSet(set), namespace, &when, without)
+}
+
+/// Which objects the hook is given.
+#[derive(Clone, Copy, Debug)]
+enum Scope<'a> {
+    Claims(&'a [&'a str]),
+    StatefulSet(&'a str),
+}
+
+fn rules_for(
+    scope: Scope<'_>,
+    namespace: &str,
+    when: &[&str],
+    without: Option<(&str, &str)>,
+) -> (Vec<PolicyRule>, Vec<PolicyRule>) {
     let path = repo_root().join("chart-snippet/rbac-rules.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -68,7 +99,8 @@ pub fn chart_rules(
                             "resources",
                             "verbs",
                             "limitToClaimNames",
-                            "limitToNamespace"
+                            "limitToNamespace",
+                            "limitToStatefulSetName"
                         ]
                         .contains(&k.as_str()),
                         "unknown key {k} in {r}"
@@ -82,7 +114,8 @@ pub fn chart_rules(
                         "patchClaims",
                         "writeVolumes",
                         "stripAllFinalizers",
-                        "dataCopy"
+                        "dataCopy",
+                        "statefulSet"
                     ]
                     .contains(&set),
                     "unknown when {set}"
@@ -108,14 +141,26 @@ pub fn chart_rules(
                 let mut rule = json!({
                     "apiGroups": r["apiGroups"], "resources": r["resources"], "verbs": verbs,
                 });
-                match (
-                    r["limitToClaimNames"].as_bool() == Some(true),
-                    r["limitToNamespace"].as_bool() == Some(true),
-                ) {
-                    (true, false) => rule["resourceNames"] = json!(claims),
-                    (false, true) => rule["resourceNames"] = json!([namespace]),
-                    (false, false) => {}
-                    (true, true) => panic!("two limits on one rule: {r}"),
+                let limits = [
+                    "limitToClaimNames",
+                    "limitToNamespace",
+                    "limitToStatefulSetName",
+                ]
+                .map(|k| r[k].as_bool() == Some(true));
+                match (limits, scope) {
+                    ([true, false, false], Scope::Claims(claims)) => {
+                        rule["resourceNames"] = json!(claims)
+                    }
+                    ([true, false, false], Scope::StatefulSet(_)) => {}
+                    ([false, true, false], _) => rule["resourceNames"] = json!([namespace]),
+                    ([false, false, true], Scope::StatefulSet(set)) => {
+                        rule["resourceNames"] = json!([set])
+                    }
+                    ([false, false, true], Scope::Claims(_)) => {
+                        panic!("a StatefulSet rule without a StatefulSet: {r}")
+                    }
+                    ([false, false, false], _) => {}
+                    _ => panic!("two limits on one rule: {r}"),
                 }
                 Some(from_json(rule))
             })
@@ -191,6 +236,19 @@ impl Account {
         without: Option<(&str, &str)>,
     ) -> Account {
         let (role, cluster_role) = chart_rules(claims, namespace, when, without);
+        self.role(&role).cluster_role(&cluster_role)
+    }
+
+    /// The chart's rules for the hook of StatefulSet `set` in `namespace` (see
+    /// [`statefulset_chart_rules`]).
+    pub fn chart_statefulset(
+        self,
+        set: &str,
+        namespace: &str,
+        when: &[&str],
+        without: Option<(&str, &str)>,
+    ) -> Account {
+        let (role, cluster_role) = statefulset_chart_rules(set, namespace, when, without);
         self.role(&role).cluster_role(&cluster_role)
     }
 

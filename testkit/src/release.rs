@@ -1,5 +1,6 @@
-//! One release of `examples/app` in a namespace of its own, installed and upgraded with helm
-//! while a [`HookRunner`] runs its hook Job's pods: the scene of the end-to-end tests.
+//! One release of `examples/app` (or `examples/statefulset`) in a namespace of its own, installed
+//! and upgraded with helm while a [`HookRunner`] runs its hook Job's pods: the scene of the
+//! end-to-end tests.
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
@@ -16,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     Cluster,
-    api::{wait_bound, wait_deleted},
+    api::{get, wait_bound, wait_deleted},
     control_plane::{ControlPlane, client},
     helm::{Helm, HelmOut, SCRIPT_ENV, charts, script_path},
     hook_runner::{HookRun, HookRunner, How, RunnerOpts, say_once},
@@ -54,6 +55,18 @@ pub const RELEASE: &str = "rel";
 pub const CLAIM: &str = "rel-data";
 pub const JOB: &str = "rel-data-storageclass-migrate";
 
+/// Which example chart a release installs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Example {
+    /// examples/app: the claim `rel-data`.
+    App,
+    /// examples/statefulset: the StatefulSet `rel-db` ([`SET`]), claims `data-rel-db-<n>`.
+    StatefulSet,
+}
+
+/// The StatefulSet of examples/statefulset in a release.
+pub const SET: &str = "rel-db";
+
 /// Which hook the chart runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -89,11 +102,14 @@ pub struct ReleaseOpts {
     pub runner: RunnerOpts,
     /// helm's `--timeout`, e.g. `"90s"` or `"3m"`.
     pub timeout: String,
+    /// The chart (examples/app unless told).
+    pub example: Example,
 }
 
 impl Default for ReleaseOpts {
     fn default() -> Self {
         ReleaseOpts {
+            example: Example::App,
             hook: Hook::Binary,
             helm: Helm::V3,
             class_a: Class::new("a"),
@@ -108,6 +124,7 @@ impl Default for ReleaseOpts {
 /// A and B (no provisioner, Immediate binding, unless given). Derefs to its [`Cluster`].
 pub struct Release {
     pub hook: Hook,
+    pub example: Example,
     /// The helm that runs its commands.
     pub helm: Helm,
     /// helm's `--timeout`.
@@ -126,22 +143,13 @@ impl std::ops::Deref for Release {
 }
 
 impl Release {
-    pub async fn new(prefix: &str, hook: Hook) -> Release {
-        Self::with_opts(prefix, hook, Class::new("a"), RunnerOpts::default()).await
-    }
-
-    pub async fn with_opts(
-        prefix: &str,
-        hook: Hook,
-        class_a: Class,
-        runner: RunnerOpts,
-    ) -> Release {
+    /// A release with `hook` run by `helm`, otherwise as [`ReleaseOpts::default`].
+    pub async fn new(prefix: &str, hook: Hook, helm: Helm) -> Release {
         Self::with(
             prefix,
             ReleaseOpts {
                 hook,
-                class_a,
-                runner,
+                helm,
                 ..ReleaseOpts::default()
             },
         )
@@ -149,7 +157,8 @@ impl Release {
     }
 
     /// A release as `opts` says, e.g. with Helm 4:
-    /// `Release::with("e2e-x", ReleaseOpts { helm: Helm::V4, ..Default::default() })`.
+    /// `Release::with("e2e-x", ReleaseOpts { helm: Helm::V4, ..Default::default() })`. Its
+    /// namespace is `<prefix>-helm<major>-<unique suffix>`.
     pub async fn with(prefix: &str, opts: ReleaseOpts) -> Release {
         let ReleaseOpts {
             hook,
@@ -158,8 +167,10 @@ impl Release {
             class_b,
             mut runner,
             timeout,
+            example,
         } = opts;
-        let c = Cluster::with_classes(prefix, class_a, class_b).await;
+        let prefix = format!("{prefix}-helm{}", helm.major());
+        let c = Cluster::with_classes(&prefix, class_a, class_b).await;
         if hook == Hook::Script {
             let kubectl = ControlPlane::get()
                 .kubectl
@@ -171,6 +182,7 @@ impl Release {
         Release {
             runner: HookRunner::start(c.name(), runner),
             hook,
+            example,
             helm,
             timeout,
             c,
@@ -178,6 +190,9 @@ impl Release {
     }
 
     pub fn chart(&self) -> PathBuf {
+        if self.example == Example::StatefulSet {
+            return charts().statefulset.clone();
+        }
         match self.hook {
             Hook::Binary => charts().app.clone(),
             Hook::Script => charts()
@@ -190,6 +205,17 @@ impl Release {
     /// `helm install` (`verb` "install") or `helm upgrade --reuse-values` of the release, with
     /// `--set` of each pair; `--wait` if `wait`.
     pub async fn helm(&self, verb: &str, sets: &[(&str, &str)], wait: bool) -> HelmOut {
+        self.helm_with(verb, sets, wait, &[]).await
+    }
+
+    /// [`Release::helm`] with more `flags` (e.g. `--atomic`).
+    pub async fn helm_with(
+        &self,
+        verb: &str,
+        sets: &[(&str, &str)],
+        wait: bool,
+        flags: &[&str],
+    ) -> HelmOut {
         let mut args: Vec<String> = vec![
             verb.into(),
             RELEASE.into(),
@@ -222,6 +248,7 @@ impl Release {
             args.push("--set".into());
             args.push(format!("{k}={v}"));
         }
+        args.extend(flags.iter().map(|f| f.to_string()));
         self.run_helm(args).await
     }
 
@@ -265,8 +292,9 @@ impl Release {
     pub async fn installed(
         prefix: &str,
         hook: Hook,
+        helm: Helm,
     ) -> (Release, PersistentVolumeClaim, PersistentVolume) {
-        let s = Release::new(prefix, hook).await;
+        let s = Release::new(prefix, hook, helm).await;
         let pv_a = Volume::host_path("pv-a").class(&s.a).create(&s).await;
         Volume::host_path("pv-b").class(&s.b).create(&s).await;
         let claim = s.install(Some(&s.a)).await;
@@ -275,9 +303,19 @@ impl Release {
 
     /// `helm upgrade --reuse-values` with the claim on `class` and `sets`, without `--wait`.
     pub async fn upgrade(&self, class: &str, sets: &[(&str, &str)]) -> HelmOut {
+        self.upgrade_with(class, sets, &[]).await
+    }
+
+    /// [`Release::upgrade`] with more `flags` (e.g. `--rollback-on-failure`).
+    pub async fn upgrade_with(
+        &self,
+        class: &str,
+        sets: &[(&str, &str)],
+        flags: &[&str],
+    ) -> HelmOut {
         let mut all = vec![("persistence.storageClass", class)];
         all.extend_from_slice(sets);
-        self.helm("upgrade", &all, false).await
+        self.helm_with("upgrade", &all, false, flags).await
     }
 
     /// An upgrade to `class` (with `--wait`) that succeeds; returns the new claim once bound.
@@ -295,6 +333,35 @@ impl Release {
         assert!(
             out.stderr.contains(reason),
             "helm does not say {reason:?}\n{out}"
+        );
+    }
+
+    /// Asserts that helm failed on the pre-upgrade hook, whose Job failed with condition reason
+    /// `reason` (`PodFailurePolicy`, `BackoffLimitExceeded`) as read from the API. Helm 3 names
+    /// the reason; Helm 4 says `Job Failed`.
+    pub async fn expect_hook_failed(&self, out: &HelmOut, reason: &str) {
+        self.expect_failed_with(out, "pre-upgrade hooks failed");
+        let said = match self.helm {
+            Helm::V3 => reason,
+            Helm::V4 => "Job Failed",
+        };
+        assert!(
+            out.stderr.contains(said),
+            "helm does not say {said:?}\n{out}"
+        );
+        let jobs: Api<Job> = Api::namespaced(self.client().clone(), self.name());
+        let job = get(&jobs, JOB).await;
+        let failed = job
+            .status
+            .and_then(|st| st.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Failed" && c.status == "True");
+        assert_eq!(
+            failed.and_then(|c| c.reason).as_deref(),
+            Some(reason),
+            "the hook Job's Failed condition\n{}",
+            self.runner.report()
         );
     }
 
@@ -386,7 +453,8 @@ impl Release {
             .unwrap_or_else(|| panic!("no version in {v}"))
     }
 
-    async fn status_json(&self) -> Value {
+    /// `helm status --output json` of the release.
+    pub async fn status_json(&self) -> Value {
         let out = self
             .run_helm(vec![
                 "status".into(),
