@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test against one local control plane:
 #   1. installs the Debian packages the checks need (ci-install.sh; quick when present), builds
-#      the control-plane binaries, helm 3 and helm 4 (the end-to-end tests run both) and the image
-#      (each cached);
-#   2. starts the control plane in a temporary directory;
+#      the control-plane binaries, helm 3 and helm 4 (the end-to-end tests run both), the CSI
+#      stack (tests/csi.rs), Flux's source-controller and helm-controller (tests/flux.rs) and the
+#      image (each cached);
+#   2. starts the control plane, with the CSI stack, in a temporary directory;
 #   3. `cargo test --workspace --all-targets [ARGS...]` (the testkit crate's own tests too) with
 #      STORAGECLASS_MIGRATE_CONTROL_PLANE pointing at it: first every test but the helm
 #      scenarios (`<scenario>::helm_3`, `::helm_4`), then those, HELM_TEST_THREADS (default 6) at
@@ -26,6 +27,7 @@ cp=$root/scripts/control-plane.sh
 "$root/scripts/build-helm.sh" >/dev/null
 HELM_MODULE=helm4 "$root/scripts/build-helm.sh" >/dev/null
 "$root/scripts/build-csi.sh" >/dev/null
+"$root/scripts/build-flux.sh" >/dev/null
 "$root/scripts/build-image.sh"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/storageclass-migrate-test.XXXXXX")
 

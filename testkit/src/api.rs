@@ -65,14 +65,29 @@ pub async fn wait_for<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Send + DeserializeOwned + 'static,
 {
+    wait_for_within(api, name, what, WAIT_TIMEOUT, cond).await
+}
+
+/// [`wait_for`] with a limit of its own, for what takes several steps of a controller (a Flux
+/// release with its retries).
+pub async fn wait_for_within<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    cond: impl Fn(Option<&K>) -> bool,
+) -> Option<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + DeserializeOwned + 'static,
+{
     let condition = move |obj: Option<&K>| cond(obj);
-    match tokio::time::timeout(WAIT_TIMEOUT, await_condition(api.clone(), name, condition)).await {
+    match tokio::time::timeout(limit, await_condition(api.clone(), name, condition)).await {
         Ok(Ok(obj)) => obj,
         Ok(Err(e)) => panic!("watching {} {name} for {what}: {e}", K::kind(&())),
         Err(_) => {
             let last = api.get_opt(name).await;
             panic!(
-                "timed out after {WAIT_TIMEOUT:?} waiting for {what} on {} {name}; last state: \
+                "timed out after {limit:?} waiting for {what} on {} {name}; last state: \
                  {last:#?}",
                 K::kind(&())
             )

@@ -20,6 +20,8 @@
 //! | [`hold`] | holds a request inside the apiserver with a webhook that never answers |
 //! | [`helm`] | helm 3 and helm 4, and the charts, prepared once per test process |
 //! | [`release`] | a release of examples/app with its hook Jobs run: the end-to-end scene |
+//! | [`chart_repo`] | a Helm chart repository (examples/app packaged) on a loopback port |
+//! | [`flux`] | Flux's source-controller and helm-controller, and a release installed by a HelmRelease |
 //! | [`rows`] | table-driven tests: every row at once, each checked on its own |
 //! | [`background`] | the stoppable background thread under the kubelet, runner and proxy |
 //!
@@ -50,11 +52,13 @@ pub mod api;
 pub mod background;
 pub mod binary;
 pub mod binder;
+pub mod chart_repo;
 pub mod cluster;
 pub mod control_plane;
 pub mod csi;
 pub mod fault_proxy;
 pub mod files;
+pub mod flux;
 pub mod helm;
 pub mod hold;
 pub mod hook_runner;
