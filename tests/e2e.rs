@@ -390,9 +390,9 @@ async fn missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume(helm:
 helm_3_and_4!(missing_target_class_fails_the_upgrade_and_keeps_claim_and_volume);
 
 /// The same refused hook under `--atomic` (Helm 3) or `--rollback-on-failure` (Helm 4): helm
-/// rolls the release back to the revision before, and claim and volume are as they were. The
-/// chart's `helm.sh/hook-output-log-policy: hook-failed` makes helm print the hook's log (which
-/// the runner serves from a node, as a kubelet would).
+/// rolls the release back to the revision before, and claim and volume are as they were. With
+/// `showLogsOnFailure`, the chart's `helm.sh/hook-output-log-policy: hook-failed` makes helm print
+/// the hook's log (which the runner serves from a node, as a kubelet would).
 async fn a_refused_hook_rolls_the_release_back(helm: Helm) {
     let opts = ReleaseOpts {
         helm,
@@ -412,7 +412,8 @@ async fn a_refused_hook_rolls_the_release_back(helm: Helm) {
         Helm::V3 => "--atomic",
         Helm::V4 => "--rollback-on-failure",
     };
-    let out = s.upgrade_with(&missing, &[], &[flag]).await;
+    let logs = [("storageclassMigrate.showLogsOnFailure", "true")];
+    let out = s.upgrade_with(&missing, &logs, &[flag]).await;
     s.expect_failed_with(&out, "pre-upgrade hooks failed");
     assert!(out.stderr.contains("has been rolled back"), "{out}");
     let run = s.last_run(3);

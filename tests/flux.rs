@@ -8,8 +8,8 @@
 //! 3. with the hook, it becomes Ready with the claim on class B;
 //! 4. with upgrade retries and a missing target class, every try's hook refuses (exit 3) and the
 //!    release fails for good with nothing deleted;
-//! 5. but with the chart's default `showLogsOnFailure: true`, helm-controller v1.4.3 exits when
-//!    that hook fails (why Flux releases must turn it off).
+//! 5. but with the chart's `showLogsOnFailure: true`, helm-controller v1.4.3 exits when that
+//!    hook fails (why the chart leaves it off by default).
 
 use serde_json::json;
 use testkit::flux::{FluxOpts, FluxRelease, HelmRelease, RELEASE_WAIT};
@@ -123,11 +123,9 @@ async fn flux_retries_a_refused_hook_then_fails_keeping_claim_and_volume() {
     let (f, before, pv) = FluxRelease::installed("flux-missing", opts).await;
     let missing = f.ns.scoped("missing");
 
-    // helm-controller v1.4.3 (Helm 3.19's library) dereferences a nil client when it collects
-    // the log of a failed hook annotated `helm.sh/hook-output-log-policy: hook-failed`, and the
-    // whole controller exits: Flux releases turn the chart's log-on-failure off.
-    let no_logs = [("storageclassMigrate.showLogsOnFailure", json!(false))];
-    f.apply(&missing, &no_logs).await;
+    // The chart's default: no `helm.sh/hook-output-log-policy`, which would stop
+    // helm-controller v1.4.3 (the last test).
+    f.apply(&missing, &[]).await;
     let hr = f.wait_stalled().await;
     assert_upgrade_failed(&hr, "RollbackSucceeded");
     let message = hr.message("Released");
@@ -161,7 +159,7 @@ async fn flux_retries_a_refused_hook_then_fails_keeping_claim_and_volume() {
     f.assert_untouched(&before, &pv).await;
 }
 
-/// With the chart's default `showLogsOnFailure: true`, the refused hook's Job carries
+/// With the chart's `showLogsOnFailure: true`, the refused hook's Job carries
 /// `helm.sh/hook-output-log-policy: hook-failed`, and helm-controller v1.4.3 exits on a nil
 /// pointer collecting its log: every release it manages stops with it. (Its own helm-controller,
 /// so that the shared one keeps working for the other tests.) Nothing is deleted even so.
@@ -174,7 +172,8 @@ async fn flux_helm_controller_exits_on_a_failed_hook_that_shows_its_log() {
     let (f, before, pv) = FluxRelease::installed("flux-crash", opts).await;
     let own = f.own.as_ref().expect("its own helm-controller");
 
-    f.apply(&f.ns.scoped("missing"), &[]).await;
+    let logs = [("storageclassMigrate.showLogsOnFailure", json!(true))];
+    f.apply(&f.ns.scoped("missing"), &logs).await;
     let status = own.wait_exit(RELEASE_WAIT).await;
     let log = own.log_text();
     assert_eq!(
