@@ -29,43 +29,7 @@ scripts/control-plane.sh start "$dir"
 source "$dir/env"
 k() { "$KUBECTL" --kubeconfig "$KUBECONFIG" "$@"; }
 
-k apply -f - >/dev/null <<'YAML'
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo}
----
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: standard}
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: Immediate
----
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: fast}
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: Immediate
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: demo-standard}
-spec:
-  storageClassName: standard
-  capacity: {storage: 1Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: {path: /nonexistent/storageclass-migrate-demo/standard}
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: demo-fast}
-spec:
-  storageClassName: fast
-  capacity: {storage: 1Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: {path: /nonexistent/storageclass-migrate-demo/fast}
-YAML
+k apply -f scripts/demo-objects.yaml >/dev/null
 
 echo "== Flux's controllers, the chart repository and the hook runner"
 STORAGECLASS_MIGRATE_CONTROL_PLANE=$dir STORAGECLASS_MIGRATE_BINARY=$binary \

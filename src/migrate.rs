@@ -316,14 +316,7 @@ impl Claim {
             Ok(Prepared::Plan(..) | Prepared::Leftovers(..) | Prepared::Carry(..)) => {
                 unreachable!("a claim is summed up once committed or held back")
             }
-            Err(error) => {
-                let (status, ending) = match &error {
-                    _ if report.changed() => (ExitStatus::PartWay, Ending::PartWay),
-                    Error::Refused(_) => (ExitStatus::Refused, Ending::Refused),
-                    other => (other.exit_status(), Ending::Failed),
-                };
-                report.finish(key.clone(), status, ending, None, Some(error.to_string()))
-            }
+            Err(error) => report.finish_with_error(key.clone(), &error),
         };
         let line = outcome.line();
         match outcome.status {

@@ -268,6 +268,19 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The outcome of a part that ended with `error`: part-way (exit 6) once anything changed,
+    /// else refused (exit 3) or failed with the error's own status.
+    pub fn finish_with_error(self, key: String, error: &crate::error::Error) -> Outcome {
+        let (status, result) = match error {
+            _ if self.changed() => (ExitStatus::PartWay, Result::PartWay),
+            crate::error::Error::Refused(_) => (ExitStatus::Refused, Result::Refused),
+            other => (other.exit_status(), Result::Failed),
+        };
+        self.finish(key, status, result, None, Some(error.to_string()))
+    }
+}
+
 impl Outcome {
     /// An outcome with nothing found or done.
     pub fn nothing(claim: String, reason: String) -> Self {

@@ -399,12 +399,7 @@ fn finish(key: String, mut report: Report, end: SetEnd) -> Outcome {
             if matches!(error, Error::Stopped(_)) {
                 report.stopped();
             }
-            let (status, ending) = match &error {
-                _ if report.changed() => (ExitStatus::PartWay, Ending::PartWay),
-                Error::Refused(_) => (ExitStatus::Refused, Ending::Refused),
-                other => (other.exit_status(), Ending::Failed),
-            };
-            report.finish(key.clone(), status, ending, None, Some(error.to_string()))
+            report.finish_with_error(key.clone(), &error)
         }
     };
     let line = outcome.line();

@@ -90,7 +90,7 @@ impl PodBinder {
 }
 
 /// `POST pods/<name>/binding`, as the scheduler binds a pod.
-async fn bind(api: &Api<Pod>, name: &str, node: &str) -> Result<(), kube::Error> {
+pub(crate) async fn bind(api: &Api<Pod>, name: &str, node: &str) -> Result<(), kube::Error> {
     let binding = json!({
         "apiVersion": "v1",
         "kind": "Binding",

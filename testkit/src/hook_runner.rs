@@ -296,6 +296,21 @@ impl HookRunner {
         self.runs.lock().unwrap().clone()
     }
 
+    /// Prints each run on stdout as it finishes, for ever: the loop of a runner serving a
+    /// demo.
+    pub fn print_runs(&self) -> ! {
+        let mut reported = 0;
+        loop {
+            thread::sleep(Duration::from_millis(200));
+            let runs = self.runs();
+            for run in &runs[reported..] {
+                println!("{run}");
+            }
+            reported = runs.len();
+            let _ = std::io::stdout().flush();
+        }
+    }
+
     /// Every run, for assertion messages.
     pub fn report(&self) -> String {
         let runs = self.runs();

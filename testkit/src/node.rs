@@ -96,20 +96,7 @@ impl LogNode {
 
     /// Binds `pod` to this node through the `pods/binding` subresource.
     pub async fn bind(&self, pods: &Api<Pod>, pod: &str) -> Result<(), kube::Error> {
-        let binding = json!({
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": pod},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": self.name},
-        });
-        pods.create_subresource::<_, serde_json::Value>(
-            "binding",
-            pod,
-            &PostParams::default(),
-            &binding,
-        )
-        .await
-        .map(drop)
+        crate::binder::bind(pods, pod, &self.name).await
     }
 
     /// Serves `output` as the log of `container` of `pod`.

@@ -7,7 +7,7 @@
 //! The control plane is the one `STORAGECLASS_MIGRATE_CONTROL_PLANE` names; the controllers' logs
 //! go to its `logs/` directory.
 
-use std::{io::Write, time::Duration};
+use std::io::Write;
 
 use testkit::{
     chart_repo::app_repository,
@@ -28,14 +28,5 @@ fn main() {
     }
     println!("CHART_REPOSITORY_URL={}", repository.url);
     let _ = std::io::stdout().flush();
-    let mut reported = 0;
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let runs = runner.runs();
-        for run in &runs[reported..] {
-            println!("{run}");
-        }
-        reported = runs.len();
-        let _ = std::io::stdout().flush();
-    }
+    runner.print_runs()
 }

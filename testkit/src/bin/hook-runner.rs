@@ -7,8 +7,6 @@
 //! with buildah where it is built (`scripts/build-image.sh`), else the binary that
 //! `STORAGECLASS_MIGRATE_BINARY` names runs on the host (see the hook runner's documentation).
 
-use std::time::Duration;
-
 use testkit::hook_runner::{HookRunner, RunnerOpts};
 
 fn main() {
@@ -18,13 +16,5 @@ fn main() {
     };
     let runner = HookRunner::start(&namespace, RunnerOpts::default());
     eprintln!("hook-runner: running the Job pods of namespace {namespace}");
-    let mut reported = 0;
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let runs = runner.runs();
-        for run in &runs[reported..] {
-            println!("{run}");
-        }
-        reported = runs.len();
-    }
+    runner.print_runs()
 }
