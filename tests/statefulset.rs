@@ -566,16 +566,19 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
     }
 }
 
-/// examples/statefulset through `helm upgrade`: installed with 4 replicas on class A, each claim
-/// holding a file, scaled down to 3 (data-rel-db-3 stays behind); the upgrade to class B fails
-/// without the hook and, with it and `data: copy`, brings every claim to B with its file, the
-/// StatefulSet back with the new template.
-async fn helm_upgrade_moves_the_statefulset_with_its_data(helm: Helm) {
+/// A release of examples/statefulset installed with 4 replicas on class A (both classes
+/// host-path provisioned), each claim holding a file `ordinal`, then scaled down to 3
+/// (data-rel-db-3 stays behind), with its pod binder and kubelet stand-in. Returns the scene and
+/// the StatefulSet as it is then.
+async fn helm_scaled_down(
+    helm: Helm,
+) -> (
+    testkit::release::Release,
+    PodBinder,
+    KubeletStandIn,
+    k8s_openapi::api::apps::v1::StatefulSet,
+) {
     use testkit::release::{Example, Release, ReleaseOpts, SET as REL_SET};
-    if !testkit::files::is_root() {
-        eprintln!("skipped: the copy keeps owners, which needs root");
-        return;
-    }
     let s = Release::with(
         "sts",
         ReleaseOpts {
@@ -588,8 +591,8 @@ async fn helm_upgrade_moves_the_statefulset_with_its_data(helm: Helm) {
         },
     )
     .await;
-    let _binder = PodBinder::start(&s).await;
-    let _kubelet = KubeletStandIn::start(s.name());
+    let binder = PodBinder::start(&s).await;
+    let kubelet = KubeletStandIn::start(s.name());
     let set = Sts::new(REL_SET);
     let out = s
         .helm(
@@ -609,6 +612,20 @@ async fn helm_upgrade_moves_the_statefulset_with_its_data(helm: Helm) {
         std::fs::write(dir.join("ordinal"), format!("{n}\n")).unwrap();
     }
     let before = get(&s.sets(), REL_SET).await;
+    (s, binder, kubelet, before)
+}
+
+/// examples/statefulset through `helm upgrade` ([`helm_scaled_down`]): the upgrade to class B
+/// fails without the hook and, with it and `data: copy`, brings every claim to B with its file,
+/// the StatefulSet back with the new template.
+async fn helm_upgrade_moves_the_statefulset_with_its_data(helm: Helm) {
+    use testkit::release::SET as REL_SET;
+    if !testkit::files::is_root() {
+        eprintln!("skipped: the copy keeps owners, which needs root");
+        return;
+    }
+    let (s, _binder, _kubelet, before) = helm_scaled_down(helm).await;
+    let set = Sts::new(REL_SET);
 
     // Without the hook: the API refuses the new template, and helm says so.
     let out = s
@@ -710,3 +727,64 @@ async fn helm_upgrade_moves_the_statefulset_with_its_data(helm: Helm) {
 }
 
 testkit::helm_3_and_4!(helm_upgrade_moves_the_statefulset_with_its_data);
+
+/// The same upgrade with `data: delete` (the default): the StatefulSet is created again with the
+/// new template and makes its claims anew, empty, on class B; the scaled-down ordinal's claim is
+/// gone too, so a scale-up makes it on B. The old volumes go with their reclaim policy (Delete).
+async fn helm_upgrade_with_delete_makes_the_claims_anew_on_the_new_class(helm: Helm) {
+    use testkit::release::SET as REL_SET;
+    let (s, _binder, _kubelet, before) = helm_scaled_down(helm).await;
+    let set = Sts::new(REL_SET);
+    let mut old_volumes = Vec::new();
+    for n in 0..4 {
+        let claim = get(&s.claims(), &set.claim(n)).await;
+        old_volumes.push(volume_name(&claim).expect("bound").to_owned());
+    }
+
+    let out = s
+        .helm(
+            "upgrade",
+            &[
+                ("persistence.storageClass", &s.b),
+                ("storageclassMigrate.timeout", "60s"),
+            ],
+            false,
+        )
+        .await;
+    s.expect_ok(&out);
+    let run = s
+        .runner
+        .runs()
+        .into_iter()
+        .rfind(|r| r.job.as_deref() == Some("rel-db-storageclass-migrate"))
+        .unwrap_or_else(|| panic!("the hook did not run\n{}", s.runner.report()));
+    assert_eq!(run.exit_code, 0, "{run}");
+
+    let now = get(&s.sets(), REL_SET).await;
+    assert_ne!(now.uid(), before.uid(), "the StatefulSet was created again");
+    for n in 0..3 {
+        let claim = wait_bound(s.client(), s.name(), &set.claim(n)).await;
+        assert_eq!(
+            claim_class(&claim),
+            Some(s.b.as_str()),
+            "{}",
+            claim.name_any()
+        );
+        let dir = claim_dir(&s, &set.claim(n)).await;
+        assert!(
+            !dir.join("ordinal").exists(),
+            "{}: a new, empty volume",
+            claim.name_any()
+        );
+    }
+    assert!(
+        read(&s.claims(), &set.claim(3)).await.is_none(),
+        "the scaled-down ordinal's claim is gone, not left on class A"
+    );
+    for volume in &old_volumes {
+        wait_deleted(&s.pvs(), volume).await;
+    }
+    set.wait_pods(&s, 3).await;
+}
+
+testkit::helm_3_and_4!(helm_upgrade_with_delete_makes_the_claims_anew_on_the_new_class);
