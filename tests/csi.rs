@@ -249,14 +249,16 @@ async fn script_finalizer_strip_leaks_the_directory() {
         .await
         .expect("kubectl delete pvc");
     testkit::wait_deleted(&c.claims(), "data").await;
-    c.pvs()
-        .patch(&pv.name_any(), &PatchParams::default(), &strip)
-        .await
-        .expect("kubectl patch pv ... finalizers: []");
+    // Deleted first, then stripped (as `--strip-all-finalizers` does): stripped first, the
+    // provisioner would put its finalizer back on the PV before the delete.
     let _ = c
         .pvs()
         .delete(&pv.name_any(), &DeleteParams::default())
         .await;
+    c.pvs()
+        .patch(&pv.name_any(), &PatchParams::default(), &strip)
+        .await
+        .expect("kubectl patch pv ... finalizers: []");
     testkit::wait_deleted(&c.pvs(), &pv.name_any()).await;
 
     // The backend lets go; the provisioner would now succeed, but it has no PV left to act on.
