@@ -615,6 +615,29 @@ async fn helm_scaled_down(
     (s, binder, kubelet, before)
 }
 
+/// `helm upgrade` to class B with the hook and `sets`, which must succeed; returns the hook's run,
+/// which must have succeeded.
+async fn upgrade_to_b(
+    s: &testkit::release::Release,
+    sets: &[(&str, &str)],
+) -> testkit::hook_runner::HookRun {
+    let mut all = vec![
+        ("persistence.storageClass", s.b.as_str()),
+        ("storageclassMigrate.timeout", "60s"),
+    ];
+    all.extend_from_slice(sets);
+    let out = s.helm("upgrade", &all, false).await;
+    s.expect_ok(&out);
+    let run = s
+        .runner
+        .runs()
+        .into_iter()
+        .rfind(|r| r.job.as_deref() == Some("rel-db-storageclass-migrate"))
+        .unwrap_or_else(|| panic!("the hook did not run\n{}", s.runner.report()));
+    assert_eq!(run.exit_code, 0, "{run}");
+    run
+}
+
 /// examples/statefulset through `helm upgrade` ([`helm_scaled_down`]): the upgrade to class B
 /// fails without the hook and, with it and `data: copy`, brings every claim to B with its file,
 /// the StatefulSet back with the new template.
@@ -651,26 +674,14 @@ async fn helm_upgrade_moves_the_statefulset_with_its_data(helm: Helm) {
     assert_eq!(get(&s.sets(), REL_SET).await.uid(), before.uid());
 
     // With the hook.
-    let out = s
-        .helm(
-            "upgrade",
-            &[
-                ("persistence.storageClass", &s.b),
-                ("storageclassMigrate.allowMigration", "true"),
-                ("storageclassMigrate.data", "copy"),
-                ("storageclassMigrate.timeout", "60s"),
-            ],
-            false,
-        )
-        .await;
-    s.expect_ok(&out);
-    let run = s
-        .runner
-        .runs()
-        .into_iter()
-        .rfind(|r| r.job.as_deref() == Some("rel-db-storageclass-migrate"))
-        .unwrap_or_else(|| panic!("the hook did not run\n{}", s.runner.report()));
-    assert_eq!(run.exit_code, 0, "{run}");
+    let run = upgrade_to_b(
+        &s,
+        &[
+            ("storageclassMigrate.allowMigration", "true"),
+            ("storageclassMigrate.data", "copy"),
+        ],
+    )
+    .await;
     // The termination message (a file, never interleaved with the log as the pod's output can
     // be): the StatefulSet's line, then one per claim; the claims' state is read back below.
     let lines: Vec<&str> = run.termination_message.lines().collect();
@@ -741,24 +752,7 @@ async fn helm_upgrade_with_delete_makes_the_claims_anew_on_the_new_class(helm: H
         old_volumes.push(volume_name(&claim).expect("bound").to_owned());
     }
 
-    let out = s
-        .helm(
-            "upgrade",
-            &[
-                ("persistence.storageClass", &s.b),
-                ("storageclassMigrate.timeout", "60s"),
-            ],
-            false,
-        )
-        .await;
-    s.expect_ok(&out);
-    let run = s
-        .runner
-        .runs()
-        .into_iter()
-        .rfind(|r| r.job.as_deref() == Some("rel-db-storageclass-migrate"))
-        .unwrap_or_else(|| panic!("the hook did not run\n{}", s.runner.report()));
-    assert_eq!(run.exit_code, 0, "{run}");
+    upgrade_to_b(&s, &[]).await;
 
     let now = get(&s.sets(), REL_SET).await;
     assert_ne!(now.uid(), before.uid(), "the StatefulSet was created again");
