@@ -54,6 +54,26 @@ async fn bound_with_data(c: &Cluster) -> (PersistentVolume, String) {
     (pv, csi.volume_handle)
 }
 
+/// The run ended with `shape` and reclaimed `pv` (driver A's volume `handle`) through the
+/// driver, not just in the API: the provisioner called DeleteVolume, so the directory is gone,
+/// and so is the PV.
+async fn assert_reclaimed(
+    c: &Cluster,
+    run: &Run,
+    shape: &str,
+    pv: &PersistentVolume,
+    handle: &str,
+) {
+    let o = run.expect_shape(0, shape);
+    assert_eq!(
+        o.done_names("volume-reclaimed"),
+        [pv.name_any().as_str()],
+        "{run}"
+    );
+    assert!(!volume_dir(DRIVER_A, handle).exists());
+    assert!(read(&c.pvs(), &pv.name_any()).await.is_none());
+}
+
 /// What the chart does next: the claim again, now on class B.
 async fn recreate_on_b(c: &Cluster) -> std::path::PathBuf {
     Claim::new("data").class(&c.b).create_bound(c).await;
@@ -71,16 +91,7 @@ async fn delete_volume_is_deleted_by_its_driver_and_the_new_claim_gets_the_other
     let (pv, handle) = bound_with_data(&c).await;
 
     let run = c.migrate("data", &[("WAIT_TIMEOUT", "60s")]).await;
-    let o = run.expect_shape(0, DELETED);
-    assert_eq!(
-        o.done_names("volume-reclaimed"),
-        [pv.name_any().as_str()],
-        "{run}"
-    );
-
-    // The provisioner called DeleteVolume: the directory is gone, and so is the PV.
-    assert!(!volume_dir(DRIVER_A, &handle).exists());
-    assert!(read(&c.pvs(), &pv.name_any()).await.is_none());
+    assert_reclaimed(&c, &run, DELETED, &pv, &handle).await;
     let new_dir = recreate_on_b(&c).await;
     assert!(
         new_dir.starts_with(volume_dir(DRIVER_B, "")),
@@ -208,16 +219,7 @@ async fn delete_retained_pv_reclaims_the_directory() {
             &[("WAIT_TIMEOUT", "60s"), ("DELETE_RETAINED_PV", "true")],
         )
         .await;
-    let o = run.expect_shape(0, RECLAIMED);
-    assert_eq!(
-        o.done_names("volume-reclaimed"),
-        [pv.name_any().as_str()],
-        "{run}"
-    );
-
-    // Reclaimed through the driver, not just forgotten by the API.
-    assert!(!volume_dir(DRIVER_A, &handle).exists());
-    assert!(read(&c.pvs(), &pv.name_any()).await.is_none());
+    assert_reclaimed(&c, &run, RECLAIMED, &pv, &handle).await;
     recreate_on_b(&c).await;
     assert_no_leak(&c).await;
 }
