@@ -77,6 +77,12 @@ pub async fn prepare_all(ctx: &Context, claims: &mut [Claim], concurrency: usize
     futures::stream::iter(claims.iter_mut())
         .for_each_concurrent(concurrency, |claim| migrate::prepare(ctx, claim))
         .await;
+    unready(claims)
+}
+
+/// The claims that are not ready: prepared, those that cannot go through; committed, those
+/// that did not finish.
+pub fn unready(claims: &[Claim]) -> Vec<String> {
     claims
         .iter()
         .filter(|c| !c.ready())

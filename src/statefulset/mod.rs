@@ -26,7 +26,7 @@ use crate::decision::{Nothing, Refusal};
 use crate::error::{Error, ExitStatus, Request};
 use crate::execute::Mode;
 use crate::migrate::{Claim, Context};
-use crate::run::{commit_all, hold_back, prepare_all};
+use crate::run::{commit_all, hold_back, prepare_all, unready};
 use crate::summary::{Kind, Outcome, Report, Result as Ending};
 use crate::wait::{self, Waited};
 
@@ -143,11 +143,7 @@ pub async fn run(
             }
             Ok(()) => {
                 commit_all(ctx, &mut claims, concurrency).await;
-                let left: Vec<String> = claims
-                    .iter()
-                    .filter(|c| !c.ready())
-                    .map(|c| c.name.clone())
-                    .collect();
+                let left = unready(&claims);
                 if left.is_empty() {
                     report.left(
                         Kind::StatefulSetToRecreate,
