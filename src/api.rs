@@ -25,6 +25,7 @@ use tracing::warn;
 use crate::decision::Refusal;
 use crate::error::{Error, Request, describe_kube_error};
 use crate::execute::Mode;
+use crate::volume_snapshot::{VolumeSnapshot, VolumeSnapshotClass};
 
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -48,6 +49,9 @@ pub struct Cluster {
     pub classes: Api<StorageClass>,
     /// The StatefulSet of a `--statefulset` run.
     pub sets: Api<StatefulSet>,
+    /// The snapshots of `--data snapshot`, and their classes.
+    pub snapshots: Api<VolumeSnapshot>,
+    pub snapshot_classes: Api<VolumeSnapshotClass>,
     pub namespaces: Api<Namespace>,
     pub reviews: Api<SelfSubjectAccessReview>,
     pub namespace: String,
@@ -66,6 +70,8 @@ impl Cluster {
             jobs: Api::namespaced(client.clone(), &namespace),
             classes: Api::all(client.clone()),
             sets: Api::namespaced(client.clone(), &namespace),
+            snapshots: Api::namespaced(client.clone(), &namespace),
+            snapshot_classes: Api::all(client.clone()),
             namespaces: Api::all(client.clone()),
             reviews: Api::all(client),
             namespace,
@@ -188,6 +194,7 @@ fn api_group(resource: &str) -> &'static str {
         "statefulsets" => "apps",
         "poddisruptionbudgets" => "policy",
         "storageclasses" => "storage.k8s.io",
+        "volumesnapshots" | "volumesnapshotclasses" => crate::volume_snapshot::GROUP,
         "selfsubjectaccessreviews" => "authorization.k8s.io",
         _ => "",
     }

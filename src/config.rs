@@ -84,32 +84,45 @@ pub struct Args {
     #[arg(long, env = "STRIP_ALL_FINALIZERS", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub strip_all_finalizers: bool,
 
-    /// What becomes of the data: delete (the claim is recreated empty on the new class) or copy
-    /// (copied to a volume of the new class, which the claim is recreated on)
+    /// What becomes of the data: delete (the claim is recreated empty on the new class), copy
+    /// (copied to a volume of the new class, which the claim is recreated on), snapshot
+    /// (restored on the new class from a VolumeSnapshot of the old volume; same CSI driver
+    /// only) or auto (snapshot where it can, else copy)
     #[arg(long, env = "DATA_POLICY", value_name = "POLICY", value_enum, default_value_t = DataPolicy::Delete)]
     pub data: DataPolicy,
 
-    /// With --data copy: the image the copy Job runs (this binary's own image, FROM scratch)
+    /// With --data copy or auto: the image the copy Job runs (this binary's own image, FROM scratch)
     #[arg(long, env = "COPY_IMAGE", value_name = "IMAGE")]
     pub copy_image: Option<String>,
 
-    /// With --data copy: run the copy as this uid instead of root with CHOWN, DAC_OVERRIDE,
+    /// With --data copy or auto: run the copy as this uid instead of root with CHOWN, DAC_OVERRIDE,
     /// FOWNER and FSETID (for namespaces that enforce the restricted Pod Security level)
     #[arg(long, env = "COPY_AS_USER", value_name = "UID", value_parser = clap::value_parser!(i64).range(1..=2147483647))]
     pub copy_as_user: Option<i64>,
 
-    /// With --data copy: Secrets (comma-separated names) the copy pod pulls its image with
+    /// With --data copy or auto: Secrets (comma-separated names) the copy pod pulls its image with
     #[arg(long, env = "COPY_IMAGE_PULL_SECRETS", value_name = "NAME[,NAME...]")]
     pub copy_image_pull_secrets: Option<String>,
 
-    /// With --data copy: verify the copy (sizes and a content hash) before the claim moves to it
+    /// With --data copy or auto: verify the copy (sizes and a content hash) before the claim moves to it
     #[arg(long, env = "COPY_VERIFY", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "true")]
     pub copy_verify: bool,
 
-    /// With --data copy: once the copy is verified and the claim bound to it, give the old volume
-    /// back its reclaim policy (Delete: its provisioner deletes it); otherwise it is kept, Retain
+    /// With --data copy, snapshot or auto: once the claim is bound to the verified copy (or its
+    /// snapshot is ready), give the old volume back its reclaim policy (Delete: its provisioner
+    /// deletes it); otherwise it is kept, Retain
     #[arg(long, env = "DELETE_OLD_VOLUME", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     pub delete_old_volume: bool,
+
+    /// With --data snapshot or auto: the VolumeSnapshotClass of the snapshot [default: the one
+    /// marked default for the old volume's driver]
+    #[arg(long, env = "SNAPSHOT_CLASS", value_name = "NAME")]
+    pub snapshot_class: Option<String>,
+
+    /// With --data snapshot or auto: delete the snapshot once the claim made from it is Bound;
+    /// otherwise it is kept as a backup, labelled with the claim and release
+    #[arg(long, env = "DELETE_SNAPSHOT", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    pub delete_snapshot: bool,
 
     /// Only read and print the plan; deletes and patches are sent with server-side dry run
     #[arg(long, env = "DRY_RUN", value_parser = BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true", default_value = "false")]
@@ -228,6 +241,11 @@ pub enum DataPolicy {
     Delete,
     /// Copy the data to a volume of the new class and recreate the claim bound to it
     Copy,
+    /// Snapshot the old volume and recreate the claim on the new class from the snapshot (the
+    /// old volume's CSI driver must be the new class's provisioner)
+    Snapshot,
+    /// Snapshot where the driver allows it, else copy
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -273,6 +291,18 @@ pub struct CopySettings {
     /// None: root with the capabilities the copy needs.
     pub as_user: Option<i64>,
     pub verify: bool,
+}
+
+/// How the data of `--data copy`, `snapshot` or `auto` is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepSettings {
+    /// Copy, Snapshot or Auto.
+    pub policy: DataPolicy,
+    /// Some with copy and auto.
+    pub copy: Option<CopySettings>,
+    /// `--snapshot-class`, when given.
+    pub snapshot_class: Option<String>,
+    pub delete_snapshot: bool,
     pub delete_old_volume: bool,
 }
 
@@ -302,8 +332,8 @@ pub struct Config {
     pub namespace: Option<String>,
     pub desired: Desired,
     pub policies: Policies,
-    /// Some with `--data copy`.
-    pub copy: Option<CopySettings>,
+    /// Some unless `--data delete`.
+    pub keep: Option<KeepSettings>,
     pub dry_run: bool,
     pub timeout: Duration,
     pub deadline: Duration,
@@ -347,7 +377,7 @@ impl Args {
         if let Desired::Named(class) = &desired {
             validate::dns_subdomain("storage class", class).map_err(Error::Input)?;
         }
-        let copy = self.copy_settings()?;
+        let keep = self.keep_settings()?;
         if let Some(context) = &self.context
             && context.trim().is_empty()
         {
@@ -366,7 +396,7 @@ impl Args {
                 strip_all_finalizers: self.strip_all_finalizers,
                 data: self.data,
             },
-            copy,
+            keep,
             dry_run: self.dry_run,
             timeout: self.timeout,
             deadline: self.deadline,
@@ -397,34 +427,80 @@ impl Args {
         Ok(Some(SetTarget { name, template }))
     }
 
-    fn copy_settings(&self) -> Result<Option<CopySettings>, Error> {
-        if self.data == DataPolicy::Delete {
-            let copy_only = [
-                (self.copy_image.is_some(), "COPY_IMAGE"),
-                (self.copy_as_user.is_some(), "COPY_AS_USER"),
-                (
-                    self.copy_image_pull_secrets.is_some(),
-                    "COPY_IMAGE_PULL_SECRETS",
-                ),
-                (self.delete_old_volume, "DELETE_OLD_VOLUME"),
-            ];
-            if let Some((_, name)) = copy_only.iter().find(|(set, _)| *set) {
-                return Err(Error::Input(format!(
-                    "{name} applies only with DATA_POLICY=copy (--data copy)"
-                )));
-            }
+    fn keep_settings(&self) -> Result<Option<KeepSettings>, Error> {
+        let policy = self.data;
+        let copies = matches!(policy, DataPolicy::Copy | DataPolicy::Auto);
+        let snapshots = matches!(policy, DataPolicy::Snapshot | DataPolicy::Auto);
+        let misplaced = [
+            (
+                !copies && self.copy_image.is_some(),
+                "COPY_IMAGE",
+                "copy or auto",
+            ),
+            (
+                !copies && self.copy_as_user.is_some(),
+                "COPY_AS_USER",
+                "copy or auto",
+            ),
+            (
+                !copies && self.copy_image_pull_secrets.is_some(),
+                "COPY_IMAGE_PULL_SECRETS",
+                "copy or auto",
+            ),
+            (
+                policy == DataPolicy::Delete && self.delete_old_volume,
+                "DELETE_OLD_VOLUME",
+                "copy, snapshot or auto",
+            ),
+            (
+                !snapshots && self.snapshot_class.is_some(),
+                "SNAPSHOT_CLASS",
+                "snapshot or auto",
+            ),
+            (
+                !snapshots && self.delete_snapshot,
+                "DELETE_SNAPSHOT",
+                "snapshot or auto",
+            ),
+        ];
+        if let Some((_, name, policies)) = misplaced.iter().find(|(set, ..)| *set) {
+            return Err(Error::Input(format!(
+                "{name} applies only with DATA_POLICY={policies} (--data)"
+            )));
+        }
+        if policy == DataPolicy::Delete {
             return Ok(None);
         }
+        let data = policy.to_possible_value().expect("no value is skipped");
+        let data = data.get_name();
         if self.strip_all_finalizers || self.delete_retained_pv {
-            return Err(Error::Input(
-                "--data copy keeps the old volume until the copy is verified: it cannot be combined with --strip-all-finalizers or --delete-retained-pv (use --delete-old-volume)".into(),
-            ));
+            return Err(Error::Input(format!(
+                "--data {data} keeps the old volume until the data is safe on the new class: it cannot be combined with --strip-all-finalizers or --delete-retained-pv (use --delete-old-volume)"
+            )));
         }
+        let snapshot_class = non_empty(self.snapshot_class.as_deref());
+        if let Some(class) = &snapshot_class {
+            validate::dns_subdomain("VolumeSnapshotClass", class).map_err(Error::Input)?;
+        }
+        let copy = if copies {
+            Some(self.copy_settings(data)?)
+        } else {
+            None
+        };
+        Ok(Some(KeepSettings {
+            policy,
+            copy,
+            snapshot_class,
+            delete_snapshot: self.delete_snapshot,
+            delete_old_volume: self.delete_old_volume,
+        }))
+    }
+
+    fn copy_settings(&self, data: &str) -> Result<CopySettings, Error> {
         let Some(image) = non_empty(self.copy_image.as_deref()) else {
-            return Err(Error::Input(
-                "--data copy needs the image to run the copy in: set COPY_IMAGE (or --copy-image)"
-                    .into(),
-            ));
+            return Err(Error::Input(format!(
+                "--data {data} needs the image to run the copy in: set COPY_IMAGE (or --copy-image)"
+            )));
         };
         if image.trim() != image || image.contains(char::is_whitespace) {
             return Err(Error::Input(format!(
@@ -438,13 +514,12 @@ impl Args {
                 image_pull_secrets.push(name.to_owned());
             }
         }
-        Ok(Some(CopySettings {
+        Ok(CopySettings {
             image,
             image_pull_secrets,
             as_user: self.copy_as_user,
             verify: self.copy_verify,
-            delete_old_volume: self.delete_old_volume,
-        }))
+        })
     }
 }
 
@@ -614,8 +689,8 @@ mod tests {
     #[test]
     fn data_copy_settings() {
         let config = |v: &[&str]| parse(&[&["--pvc", "a"], v].concat()).unwrap().config();
-        assert_eq!(config(&[]).unwrap().copy, None);
-        let copy = config(&[
+        assert_eq!(config(&[]).unwrap().keep, None);
+        let keep = config(&[
             "--data",
             "copy",
             "--copy-image",
@@ -626,12 +701,14 @@ mod tests {
             "1000",
         ])
         .unwrap()
-        .copy
+        .keep
         .unwrap();
+        assert!(!keep.delete_old_volume && !keep.delete_snapshot);
+        let copy = keep.copy.unwrap();
         assert_eq!(copy.image, "img:1");
         assert_eq!(copy.image_pull_secrets, ["a", "b"]);
         assert_eq!(copy.as_user, Some(1000));
-        assert!(copy.verify && !copy.delete_old_volume);
+        assert!(copy.verify);
         let bad = |v: &[&str]| config(v).unwrap_err().to_string();
         let copy_with = |v: &[&str]| bad(&[&["--data", "copy", "--copy-image", "i"], v].concat());
         assert!(bad(&["--data", "copy"]).contains("COPY_IMAGE"));
@@ -639,6 +716,48 @@ mod tests {
         assert!(copy_with(&["--delete-retained-pv"]).contains("cannot be combined"));
         assert!(copy_with(&["--copy-image-pull-secrets", "a,"]).contains("image pull secret"));
         assert!(parse(&["--copy-as-user", "0"]).is_err());
+    }
+
+    #[test]
+    fn data_snapshot_and_auto_settings() {
+        let config = |v: &[&str]| parse(&[&["--pvc", "a"], v].concat()).unwrap().config();
+        let keep = config(&[
+            "--data",
+            "snapshot",
+            "--snapshot-class",
+            "fast-snaps",
+            "--delete-snapshot",
+            "--delete-old-volume",
+        ])
+        .unwrap()
+        .keep
+        .unwrap();
+        assert_eq!(keep.policy, DataPolicy::Snapshot);
+        assert_eq!(keep.copy, None);
+        assert_eq!(keep.snapshot_class.as_deref(), Some("fast-snaps"));
+        assert!(keep.delete_snapshot && keep.delete_old_volume);
+        let bad = |v: &[&str]| config(v).unwrap_err().to_string();
+        assert!(bad(&["--data", "auto"]).contains("--data auto needs the image"));
+        let auto = config(&["--data", "auto", "--copy-image", "i"])
+            .unwrap()
+            .keep
+            .unwrap();
+        assert_eq!(auto.copy.unwrap().image, "i");
+        assert!(bad(&["--snapshot-class", "s"]).contains("SNAPSHOT_CLASS applies only"));
+        assert!(
+            bad(&["--data", "copy", "--copy-image", "i", "--delete-snapshot"])
+                .contains("DELETE_SNAPSHOT applies only with DATA_POLICY=snapshot or auto")
+        );
+        assert!(bad(&["--data", "snapshot", "--copy-image", "i"]).contains("COPY_IMAGE"));
+        assert!(
+            bad(&["--data", "snapshot", "--snapshot-class", "Bad_Name"])
+                .contains("VolumeSnapshotClass")
+        );
+        assert!(
+            bad(&["--data", "snapshot", "--strip-all-finalizers"])
+                .contains("--data snapshot keeps")
+        );
+        assert!(bad(&["--delete-old-volume"]).contains("copy, snapshot or auto"));
     }
 
     #[test]

@@ -414,8 +414,8 @@ pub enum Refusal {
         request: String,
         message: String,
     },
-    /// `--data copy` cannot copy this claim.
-    CannotCopy {
+    /// The data policy (copy, snapshot) cannot keep this claim's data.
+    CannotKeep {
         reason: String,
     },
     /// Ready, but held back: other claims of the run could not go through, and a run changes
@@ -463,7 +463,7 @@ impl fmt::Display for Refusal {
             Refusal::Rejected { request, message } => {
                 write!(f, "{request} was rejected: {message}")
             }
-            Refusal::CannotCopy { reason } => write!(
+            Refusal::CannotKeep { reason } => write!(
                 f,
                 "cannot keep the data: {reason}; nothing was changed (DATA_POLICY=delete replaces the volume instead)"
             ),

@@ -6,16 +6,17 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::api::Cluster;
-use crate::config::{CopySettings, InUsePolicy, Policies};
+use crate::config::{InUsePolicy, KeepSettings, Policies};
 use crate::decision::{self, Plan, VolumePlan, join};
 use crate::error::Error;
 use crate::summary::{Kind, Report};
 use crate::{claim, eviction, keep, volume};
 
-/// How the data of `--data copy` is copied, and until when the run may wait for it.
+/// How the data of `--data copy`, `snapshot` or `auto` is kept, and until when the run may wait
+/// for it.
 #[derive(Debug, Clone, Copy)]
-pub struct Copying<'a> {
-    pub settings: &'a CopySettings,
+pub struct Keeping<'a> {
+    pub settings: &'a KeepSettings,
     pub deadline: Instant,
 }
 
@@ -47,13 +48,13 @@ pub async fn execute(
     cluster: &Cluster,
     plan: &Plan,
     policies: Policies,
-    copying: Option<Copying<'_>>,
+    keeping: Option<Keeping<'_>>,
     mode: Mode,
     report: &mut Report,
 ) -> Result<(), Error> {
     let name = plan.claim.as_str();
-    let keep = plan.keep.as_ref().zip(copying);
-    if let Some((record, copying)) = keep {
+    let keep = plan.keep.as_ref().zip(keeping);
+    if let Some((record, keeping)) = keep {
         report.pending(format!("keep PV {} (Retain)", record.volume));
         if keep::protect(cluster, record, mode).await? {
             mode.record(
@@ -67,7 +68,7 @@ pub async fn execute(
             );
         }
         if mode == Mode::Preflight {
-            keep::preflight(cluster, record, copying.settings).await?;
+            keep::preflight(cluster, record, keeping.settings).await?;
         }
     }
     let marked = plan.volume.plan().filter(|v| v.marked());
@@ -144,17 +145,27 @@ pub async fn execute(
         claim::await_gone(cluster, plan).await?;
         report.done(Kind::ClaimGone, Some(name), "claim gone");
     }
-    if let Some((record, copying)) = keep {
-        match mode {
-            Mode::Commit => {
-                keep::carry_over(cluster, record, copying.settings, copying.deadline, report)
+    if let Some((record, keeping)) = keep {
+        match (mode, record.strategy) {
+            (Mode::Commit, _) => {
+                keep::carry_over(cluster, record, keeping.settings, keeping.deadline, report)
                     .await?;
             }
-            Mode::Preflight => report.would(
+            (Mode::Preflight, keep::Strategy::Copy) => report.would(
                 Kind::DataCopied,
                 Some(&record.job_name()),
                 format!(
                     "copy the data to a new volume of class {:?}, then make the claim again bound to it",
+                    record.to
+                ),
+            ),
+            (Mode::Preflight, keep::Strategy::Snapshot) => report.would(
+                Kind::SnapshotTaken,
+                Some(&record.snapshot_name()),
+                format!(
+                    "snapshot PV {} (class {}), then make the claim again on class {:?} from it",
+                    record.volume,
+                    record.snapshot_class.as_deref().unwrap_or("default"),
                     record.to
                 ),
             ),

@@ -25,6 +25,7 @@ pub mod summary;
 pub mod telemetry;
 pub mod validate;
 pub mod volume;
+pub mod volume_snapshot;
 pub mod wait;
 
 pub use config::{Args, Config};

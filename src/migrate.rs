@@ -14,15 +14,16 @@ use tracing::{info, warn};
 
 use crate::api::Cluster;
 use crate::class::Target;
-use crate::config::{CopySettings, InUsePolicy, Policies};
+use crate::config::{DataPolicy, InUsePolicy, KeepSettings, Policies};
 use crate::decision::{
     self, BudgetUse, Facts, Leftover, Nothing, Plan, Refusal, Triage, VolumeStep,
 };
 use crate::error::{Error, ExitStatus, Request, Stop};
 use crate::eviction;
-use crate::execute::{self, Copying, Mode};
+use crate::execute::{self, Keeping, Mode};
 use crate::keep::{self, Record};
 use crate::summary::{Kind, Outcome, Report, Result as Ending};
+use crate::volume_snapshot::VolumeSnapshotClass;
 
 /// When a run must stop: its deadline, or a signal.
 #[derive(Clone)]
@@ -60,8 +61,8 @@ pub struct Context {
     /// Every claim of the run, for the one pod list.
     pub claims: Vec<String>,
     pub stop: Stopper,
-    /// Some with `--data copy`.
-    pub copy: Option<CopySettings>,
+    /// Some unless `--data delete`.
+    pub keep: Option<KeepSettings>,
     /// The StatefulSet that the run deletes (orphaning its pods) before the claims move: their
     /// pods are planned for as they will be then, without that controller.
     pub orphaning: Option<String>,
@@ -71,8 +72,11 @@ pub struct Context {
     pods: OnceCell<Vec<Pod>>,
     budgets: OnceCell<Vec<PodDisruptionBudget>>,
     marked: OnceCell<Vec<PersistentVolume>>,
-    /// Volumes carrying the record of a copy (`--data copy` runs only).
+    /// Volumes carrying the record of a migration that keeps the data (runs that keep it only).
     records: OnceCell<Vec<PersistentVolume>>,
+    /// The VolumeSnapshotClasses (None: the cluster has no snapshot API), for runs that may
+    /// snapshot.
+    snapshot_classes: OnceCell<Option<Vec<VolumeSnapshotClass>>>,
     /// Budget disruptions that the plans of the run's claims use, so that claims whose pods
     /// share a budget are judged together.
     budget_use: Mutex<BudgetUse>,
@@ -85,7 +89,7 @@ impl Context {
         policies: Policies,
         dry_run: bool,
         stop: Stopper,
-        copy: Option<CopySettings>,
+        keep: Option<KeepSettings>,
     ) -> Self {
         Self {
             cluster,
@@ -94,7 +98,7 @@ impl Context {
             dry_run,
             claims: Vec::new(),
             stop,
-            copy,
+            keep,
             orphaning: None,
             target_class: OnceCell::new(),
             hinted: OnceCell::new(),
@@ -102,6 +106,7 @@ impl Context {
             budgets: OnceCell::new(),
             marked: OnceCell::new(),
             records: OnceCell::new(),
+            snapshot_classes: OnceCell::new(),
             budget_use: Mutex::new(BudgetUse::new()),
         }
     }
@@ -148,18 +153,43 @@ impl Context {
             .await;
     }
 
-    /// How the copy runs, with `--data copy`.
-    pub fn copying(&self) -> Option<Copying<'_>> {
-        self.copy.as_ref().map(|settings| Copying {
+    /// How the data is kept, unless `--data delete`.
+    pub fn keeping(&self) -> Option<Keeping<'_>> {
+        self.keep.as_ref().map(|settings| Keeping {
             settings,
             deadline: self.stop.deadline,
         })
     }
 
-    /// Copies that an interrupted run left unfinished, for a claim of this namespace (any, or
-    /// `claim`): one list of volumes per run, and only in `--data copy` runs.
+    /// The VolumeSnapshotClasses, read once per run; None when the cluster serves no snapshot
+    /// API.
+    async fn snapshot_classes(&self) -> Result<Option<&[VolumeSnapshotClass]>, Error> {
+        self.snapshot_classes
+            .get_or_try_init(|| async {
+                let request = Request::new("list", "volumesnapshotclasses");
+                let cluster = &self.cluster;
+                match cluster
+                    .list(&cluster.snapshot_classes, request, None, |_| true)
+                    .await
+                {
+                    Ok(classes) => Ok(Some(classes)),
+                    Err(Error::Api { source, .. })
+                        if matches!(&*source, kube::Error::Api(s) if s.code == 404) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(error) => Err(error),
+                }
+            })
+            .await
+            .map(Option::as_deref)
+    }
+
+    /// Migrations that keep the data and that an interrupted run left unfinished, for a claim
+    /// of this namespace (any, or `claim`): one list of volumes per run, and only in runs that
+    /// keep the data.
     pub async fn records(&self, claim: Option<&str>) -> Result<Vec<Record>, Error> {
-        if self.copy.is_none() {
+        if self.keep.is_none() {
             return Ok(Vec::new());
         }
         let volumes = self
@@ -350,7 +380,7 @@ pub async fn commit(ctx: &Context, claim: &mut Claim) {
                     cluster,
                     &plan,
                     ctx.policies,
-                    ctx.copying(),
+                    ctx.keeping(),
                     Mode::Commit,
                     report,
                 )
@@ -358,10 +388,10 @@ pub async fn commit(ctx: &Context, claim: &mut Claim) {
                 Ok(Prepared::Ended(Ending::Migrated, detail))
             }
             Prepared::Carry(record, detail) => {
-                let copying = ctx
-                    .copying()
-                    .expect("a copy is carried on in copy runs only");
-                keep::carry_over(cluster, &record, copying.settings, copying.deadline, report)
+                let keeping = ctx
+                    .keeping()
+                    .expect("a migration is carried on in runs that keep the data only");
+                keep::carry_over(cluster, &record, keeping.settings, keeping.deadline, report)
                     .await?;
                 Ok(Prepared::Ended(Ending::Finished, detail))
             }
@@ -438,6 +468,12 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
         }
         None => None,
     };
+    let snapshot_classes = match (&ctx.keep, volume.as_ref()) {
+        (Some(keep), Some(_)) if class_change && keep.policy != DataPolicy::Copy => {
+            ctx.snapshot_classes().await?
+        }
+        _ => None,
+    };
     let pods = ctx.pods().await?;
     let budgets = if ctx.policies.in_use == InUsePolicy::Evict
         && !decision::to_evict(name, pods).is_empty()
@@ -460,11 +496,25 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
             class_change,
         };
         let mut plan = decision::plan(facts, ctx.policies).map_err(Error::Refused)?;
-        if let (Some(_), Some(target), Some(volume)) = (&ctx.copy, target, volume.as_ref())
+        if let (Some(keep), Some(target), Some(volume)) = (&ctx.keep, target, volume.as_ref())
             && class_change
         {
-            let record =
+            let mut record =
                 keep::plan::record(&claim, volume, target, target_class).map_err(Error::Refused)?;
+            let class = target_class.expect("a record is made for an existing class only");
+            let (strategy, snapshot_class, why) = keep::plan::choose(
+                keep.policy,
+                volume,
+                class,
+                snapshot_classes,
+                keep.snapshot_class.as_deref(),
+            )
+            .map_err(Error::Refused)?;
+            if keep.policy == DataPolicy::Auto {
+                info!(claim = name, strategy = ?strategy, "DATA_POLICY=auto: {why}");
+            }
+            record.strategy = strategy;
+            record.snapshot_class = snapshot_class;
             plan.keep = Some(record);
         }
         for (budget, used) in &plan.budget_use {
@@ -480,7 +530,7 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
         Some(target) if class_change => target.to_string(),
         _ => "the claim being deleted waited out".to_owned(),
     };
-    if ctx.copy.is_some() && plan.keep.is_none() && class_change {
+    if ctx.keep.is_some() && plan.keep.is_none() && class_change {
         report.found(
             Kind::Unbound,
             None,
@@ -493,7 +543,7 @@ async fn handle(ctx: &Context, name: &str, report: &mut Report) -> Result<Prepar
             cluster,
             &plan,
             ctx.policies,
-            ctx.copying(),
+            ctx.keeping(),
             Mode::Preflight,
             report,
         )
@@ -513,7 +563,7 @@ async fn preflight(ctx: &Context, plan: &Plan) -> Result<(), Error> {
         &ctx.cluster,
         plan,
         ctx.policies,
-        ctx.copying(),
+        ctx.keeping(),
         Mode::Preflight,
         &mut scratch,
     )

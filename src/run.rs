@@ -39,7 +39,7 @@ pub async fn run(
         config.policies,
         config.dry_run,
         stop.clone(),
-        config.copy.clone(),
+        config.keep.clone(),
     );
     if let Some(set) = &config.statefulset {
         return statefulset::run(&mut ctx, set, config.concurrency).await;

@@ -86,6 +86,14 @@ pub enum Kind {
     ClaimRecreated,
     /// The copy Job or a temporary claim was removed; name: the object.
     CopyRemoved,
+    /// `--data snapshot`: the snapshot of the old volume is ready to restore from; name: the
+    /// VolumeSnapshot.
+    SnapshotTaken,
+    /// `--data snapshot` (left): the snapshot is kept as a backup; name: the VolumeSnapshot.
+    SnapshotKept,
+    /// `--delete-snapshot`: the snapshot was deleted once the claim made from it was bound;
+    /// name: the VolumeSnapshot.
+    SnapshotDeleted,
     /// The old volume got its original reclaim policy back (`--delete-old-volume`); name: the
     /// volume.
     VolumeReclaimRestored,

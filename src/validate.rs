@@ -132,7 +132,9 @@ fn label_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn label_value(value: &str) -> Result<(), String> {
+/// A label's value: at most 63 letters, digits, '-', '_' and '.', starting and ending with a
+/// letter or digit; or empty.
+pub fn label_value(value: &str) -> Result<(), String> {
     if value.is_empty() || (value.len() <= 63 && is_label_name(value)) {
         Ok(())
     } else {

@@ -1,13 +1,21 @@
-//! `--data copy`: the claim moves to the new class with its data. Before the claim is deleted the
-//! old volume is switched to Retain and carries the [`Record`] of the migration; once the claim
-//! is gone the old volume is bound to a temporary claim, a claim on the new class is made, a Job
-//! copies the data from one to the other (`storageclass-migrate copy`), and the claim is made
-//! again on the new class, bound to the copy. Every step first looks whether it is already done,
-//! so a rerun after an interruption at any point carries on from there.
+//! `--data copy`, `snapshot` and `auto`: the claim moves to the new class with its data. Before
+//! the claim is deleted the old volume is switched to Retain and carries the [`Record`] of the
+//! migration; once the claim is gone the old volume is bound to a temporary claim. Then, by the
+//! record's [`Strategy`]:
+//! - a copy: a claim on the new class is made, a Job copies the data from one to the other
+//!   (`storageclass-migrate copy`), and the claim is made again on the new class, bound to the
+//!   copy;
+//! - a snapshot ([`snapshot`]): the old volume's driver snapshots it, and the claim is made again
+//!   on the new class from the snapshot.
 //!
-//! [`plan`] decides, without I/O, whether a claim can be copied and what every object looks like.
+//! Every step first looks whether it is already done, so a rerun after an interruption at any
+//! point carries on from there.
+//!
+//! [`plan`] decides, without I/O, whether a claim can be kept, how, and what every object looks
+//! like.
 
 pub mod plan;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 
@@ -22,11 +30,11 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::info;
 
-pub use plan::Record;
 use plan::{COPIED_TO, COPY_TARGET, MIGRATED_FROM, RECLAIM_POLICY, RECORD};
+pub use plan::{Record, Strategy};
 
 use crate::api::{self, Cluster, Written};
-use crate::config::CopySettings;
+use crate::config::{CopySettings, KeepSettings};
 use crate::decision::{Refusal, owned_by};
 use crate::error::{Error, Request};
 use crate::execute::Mode;
@@ -40,7 +48,7 @@ const VOLUMES: &str = "persistentvolumes";
 const JOBS: &str = "jobs";
 
 fn refuse(reason: String) -> Error {
-    Error::Refused(Refusal::CannotCopy { reason })
+    Error::Refused(Refusal::CannotKeep { reason })
 }
 
 fn volume_request(verb: &'static str, name: &str) -> Request {
@@ -75,9 +83,35 @@ pub async fn protect(cluster: &Cluster, record: &Record, mode: Mode) -> Result<b
     }
 }
 
-/// What the copy will create, each as a dry run, and the rights of what a dry run cannot show,
-/// before anything changes. The copy pod is sent as a Pod: Pod Security admission judges pods.
+/// What the strategy will create, each as a dry run, and the rights of what a dry run cannot
+/// show, before anything changes.
 pub async fn preflight(
+    cluster: &Cluster,
+    record: &Record,
+    settings: &KeepSettings,
+) -> Result<(), Error> {
+    match record.strategy {
+        Strategy::Copy => copy_preflight(cluster, record, copy_settings(record, settings)?).await,
+        Strategy::Snapshot => snapshot::preflight(cluster, record, settings).await,
+    }
+}
+
+/// The copy settings of a run that copies; a copy needs its image.
+fn copy_settings<'a>(
+    record: &Record,
+    settings: &'a KeepSettings,
+) -> Result<&'a CopySettings, Error> {
+    settings.copy.as_ref().ok_or_else(|| {
+        refuse(format!(
+            "PV {} holds a copy that a run of DATA_POLICY=copy or auto started; finish it with that policy and COPY_IMAGE",
+            record.volume
+        ))
+    })
+}
+
+/// What the copy will create, each as a dry run, and the rights of what a dry run cannot show.
+/// The copy pod is sent as a Pod: Pod Security admission judges pods.
+async fn copy_preflight(
     cluster: &Cluster,
     record: &Record,
     settings: &CopySettings,
@@ -175,11 +209,42 @@ where
     }
 }
 
-/// Once the claim is gone: the copy and the swap, each step skipped where a run already did it.
+/// Once the claim is gone: the data to the new class, by the record's strategy, each step
+/// skipped where a run already did it.
 pub async fn carry_over(
     cluster: &Cluster,
     record: &Record,
+    settings: &KeepSettings,
+    deadline: Instant,
+    report: &mut Report,
+) -> Result<(), Error> {
+    match record.strategy {
+        Strategy::Copy => {
+            let copy = copy_settings(record, settings)?;
+            copy_over(
+                cluster,
+                record,
+                copy,
+                settings.delete_old_volume,
+                deadline,
+                report,
+            )
+            .await?;
+        }
+        Strategy::Snapshot => {
+            snapshot::carry_over(cluster, record, settings, deadline, report).await?
+        }
+    }
+    report.settled();
+    Ok(())
+}
+
+/// The copy and the swap.
+async fn copy_over(
+    cluster: &Cluster,
+    record: &Record,
     settings: &CopySettings,
+    delete_old_volume: bool,
     deadline: Instant,
     report: &mut Report,
 ) -> Result<(), Error> {
@@ -231,13 +296,28 @@ pub async fn carry_over(
     report.pending("remove the copy Job and the temporary claim");
     clean_up(cluster, record, report).await?;
     report.pending(format!("PV {}", record.volume));
-    settle_old_volume(cluster, record, settings, &new_volume, report).await?;
-    report.settled();
-    Ok(())
+    settle_old_volume(cluster, record, delete_old_volume, &new_volume, report).await
 }
 
 /// The claim, made again by a run and bound: its volume. None when the run has not got there.
 async fn current_claim(cluster: &Cluster, record: &Record) -> Result<Option<String>, Error> {
+    let Some(claim) = made_claim(cluster, record).await? else {
+        return Ok(None);
+    };
+    let name = &record.claim;
+    let volume = crate::decision::claim_volume(&claim)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Internal(format!("claim {name} made by the run names no volume")))?;
+    await_bound(cluster, name).await?;
+    Ok(Some(volume))
+}
+
+/// The claim, made again by a run. None when the run has not got there; refused when another
+/// claim of that name took its place.
+async fn made_claim(
+    cluster: &Cluster,
+    record: &Record,
+) -> Result<Option<PersistentVolumeClaim>, Error> {
     let name = &record.claim;
     let Some(claim) = cluster
         .fetch(cluster.claim_request("get", name), || {
@@ -258,11 +338,7 @@ async fn current_claim(cluster: &Cluster, record: &Record) -> Result<Option<Stri
             record.volume
         )));
     }
-    let volume = crate::decision::claim_volume(&claim)
-        .map(str::to_owned)
-        .ok_or_else(|| Error::Internal(format!("claim {name} made by the run names no volume")))?;
-    await_bound(cluster, name).await?;
-    Ok(Some(volume))
+    Ok(Some(claim))
 }
 
 /// The old volume, released by the claim's delete, bound to a temporary claim by name.
@@ -289,7 +365,7 @@ async fn hold_old_volume(
         report.done(
             Kind::CopyClaimCreated,
             Some(&source),
-            format!("claim {source} holds PV {} for the copy", record.volume),
+            format!("claim {source} holds PV {}", record.volume),
         );
     }
     Ok(())
@@ -780,17 +856,17 @@ async fn clean_up(cluster: &Cluster, record: &Record, report: &mut Report) -> Re
     Ok(())
 }
 
-/// The old volume: marked as copied, and kept (Retain) unless `--delete-old-volume` gives it its
-/// original policy back.
+/// The old volume: marked as carried over (`copied_to`: the new volume, or the snapshot), and
+/// kept (Retain) unless `--delete-old-volume` gives it its original policy back.
 async fn settle_old_volume(
     cluster: &Cluster,
     record: &Record,
-    settings: &CopySettings,
-    new_volume: &str,
+    delete_old_volume: bool,
+    copied_to: &str,
     report: &mut Report,
 ) -> Result<(), Error> {
     let old = &record.volume;
-    let restore = settings.delete_old_volume && record.reclaim_policy != "Retain";
+    let restore = delete_old_volume && record.reclaim_policy != "Retain";
     if restore {
         restore_policy(cluster, old, None, |pv| {
             pv.uid().as_deref() == Some(record.volume_uid.as_str())
@@ -798,7 +874,7 @@ async fn settle_old_volume(
         .await?;
     }
     let uid = &record.volume_uid;
-    annotate(cluster, old, uid, COPIED_TO, Some(new_volume)).await?;
+    annotate(cluster, old, uid, COPIED_TO, Some(copied_to)).await?;
     if restore {
         report.done(
             Kind::VolumeReclaimRestored,

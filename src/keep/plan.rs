@@ -1,6 +1,7 @@
-//! What a data-keeping migration will do, decided without I/O: whether the claim can be copied,
-//! the record written on the old volume before anything changes, and every object the run
-//! creates (the temporary claims, the copy Job, the claim recreated on the new class).
+//! What a data-keeping migration will do, decided without I/O: whether the claim can be kept and
+//! how (a copy or a snapshot), the record written on the old volume before anything changes, and
+//! every object the run creates (the temporary claims, the copy Job, the snapshot, the claim
+//! recreated on the new class).
 
 use std::collections::BTreeMap;
 
@@ -10,8 +11,8 @@ use k8s_openapi::api::batch::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, LocalObjectReference, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-    PodTemplateSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PodTemplateSpec, SeccompProfile, SecurityContext, TypedLocalObjectReference, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -20,8 +21,9 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::class::Target;
-use crate::config::CopySettings;
+use crate::config::{CopySettings, DataPolicy};
 use crate::decision::{Refusal, claim_class};
+use crate::volume_snapshot::{self, VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSpec};
 
 /// On the old volume: the [`Record`] of the migration, as JSON.
 pub const RECORD: &str = "storageclass-migrate/copy";
@@ -33,8 +35,14 @@ pub const COPY_TARGET: &str = "storageclass-migrate/copy-target";
 pub const RECLAIM_POLICY: &str = "storageclass-migrate/reclaim-policy";
 /// On the claim recreated on the new class: the uid of the claim it replaces.
 pub const MIGRATED_FROM: &str = "storageclass-migrate/migrated-from";
-/// On the temporary claims and the copy Job (and its pods): the uid of the claim they serve.
+/// On the temporary claims, the copy Job (and its pods) and the snapshot: the uid of the claim
+/// they serve.
 pub const CLAIM_UID_LABEL: &str = "storageclass-migrate/claim-uid";
+/// On the snapshot: the claim's name (when it fits a label value) and its Helm release.
+pub const CLAIM_LABEL: &str = "storageclass-migrate/claim";
+pub const RELEASE_LABEL: &str = "storageclass-migrate/release";
+/// The annotation by which Helm names a claim's release.
+const HELM_RELEASE: &str = "meta.helm.sh/release-name";
 /// Where the copy pod mounts the old volume (read-only) and the new one.
 pub const SOURCE_PATH: &str = "/source";
 pub const TARGET_PATH: &str = "/target";
@@ -54,6 +62,17 @@ const BINDING_ANNOTATIONS: [&str; 6] = [
     "volume.kubernetes.io/selected-node",
     crate::decision::BETA_CLASS_ANNOTATION,
 ];
+
+/// How the data gets to the new class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Strategy {
+    /// A Job copies it, file by file, to a volume of the new class.
+    #[default]
+    Copy,
+    /// The old volume's driver snapshots it and restores the snapshot into the new class.
+    Snapshot,
+}
 
 /// Everything a migration that keeps the data needs to go on after an interruption. Written on
 /// the old volume before the claim is deleted: once the claim is gone, this is what is left of it.
@@ -79,6 +98,19 @@ pub struct Record {
     pub access_modes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_mode: Option<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// With a snapshot: its VolumeSnapshotClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_class: Option<String>,
+    /// Whether the new class binds a claim at once (`Immediate`), so the run can wait for it;
+    /// `WaitForFirstConsumer` binds it only once a pod uses it.
+    #[serde(default = "bound_at_once")]
+    pub binds_at_once: bool,
+}
+
+fn bound_at_once() -> bool {
+    true
 }
 
 /// Whether the claim's data can be copied to the target class; its [`Record`] if so.
@@ -88,7 +120,7 @@ pub fn record(
     target: &Target,
     class: Option<&StorageClass>,
 ) -> Result<Record, Refusal> {
-    let refuse = |reason: String| Err(Refusal::CannotCopy { reason });
+    let refuse = |reason: String| Err(Refusal::CannotKeep { reason });
     let Target::Class(to) = target else {
         return refuse(
             "a copy needs a new volume, and a claim without a class (\"-\") is never provisioned one"
@@ -133,7 +165,103 @@ pub fn record(
         requests: requests.into_iter().map(|(k, v)| (k, v.0)).collect(),
         access_modes: spec.access_modes.unwrap_or_default(),
         volume_mode: spec.volume_mode,
+        strategy: Strategy::Copy,
+        snapshot_class: None,
+        binds_at_once: class.volume_binding_mode.as_deref() != Some("WaitForFirstConsumer"),
     })
+}
+
+/// How the data of the claim on `volume` gets to the class `to`, by the data policy: copy,
+/// snapshot (refused where it cannot work, naming copy), or auto (a snapshot where it can work,
+/// else a copy; with why). `classes` is None where the cluster has no snapshot API.
+pub fn choose(
+    policy: DataPolicy,
+    volume: &PersistentVolume,
+    to: &StorageClass,
+    classes: Option<&[VolumeSnapshotClass]>,
+    requested: Option<&str>,
+) -> Result<(Strategy, Option<String>, String), Refusal> {
+    match policy {
+        DataPolicy::Delete | DataPolicy::Copy => {
+            Ok((Strategy::Copy, None, "DATA_POLICY=copy".into()))
+        }
+        DataPolicy::Snapshot => match snapshot_class(volume, to, classes, requested) {
+            Ok(class) => Ok((
+                Strategy::Snapshot,
+                Some(class.clone()),
+                format!("snapshot class {class:?}"),
+            )),
+            Err(reason) => Err(Refusal::CannotKeep {
+                reason: format!("{reason}; DATA_POLICY=copy (or auto) copies the files instead"),
+            }),
+        },
+        DataPolicy::Auto => Ok(match snapshot_class(volume, to, classes, requested) {
+            Ok(class) => (
+                Strategy::Snapshot,
+                Some(class.clone()),
+                format!("same CSI driver, snapshot class {class:?}"),
+            ),
+            Err(reason) => (Strategy::Copy, None, reason),
+        }),
+    }
+}
+
+/// The VolumeSnapshotClass to snapshot `volume` with, for a restore into class `to`; or why a
+/// snapshot cannot carry its data there.
+fn snapshot_class(
+    volume: &PersistentVolume,
+    to: &StorageClass,
+    classes: Option<&[VolumeSnapshotClass]>,
+    requested: Option<&str>,
+) -> Result<String, String> {
+    let name = volume.name_any();
+    let Some(driver) = volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.as_ref())
+        .map(|c| c.driver.as_str())
+    else {
+        return Err(format!(
+            "PV {name} is not a CSI volume, and only CSI drivers take snapshots"
+        ));
+    };
+    let class = to.name_any();
+    if to.provisioner != driver {
+        return Err(format!(
+            "PV {name} is of CSI driver {driver}, but class {class:?} provisions with {}: a snapshot is restored only by the driver that took it",
+            to.provisioner
+        ));
+    }
+    let Some(classes) = classes else {
+        return Err(
+            "the cluster serves no VolumeSnapshot API (snapshot.storage.k8s.io/v1: the snapshot CRDs and snapshot-controller)".into(),
+        );
+    };
+    if let Some(requested) = requested {
+        return match classes.iter().find(|c| c.name_any() == requested) {
+            None => Err(format!("VolumeSnapshotClass {requested:?} does not exist")),
+            Some(c) if c.driver != driver => Err(format!(
+                "VolumeSnapshotClass {requested:?} is for driver {}, not {driver}",
+                c.driver
+            )),
+            Some(_) => Ok(requested.to_owned()),
+        };
+    }
+    let defaults: Vec<String> = classes
+        .iter()
+        .filter(|c| c.driver == driver && c.is_default())
+        .map(ResourceExt::name_any)
+        .collect();
+    match defaults.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "no VolumeSnapshotClass is the default for driver {driver}: name one with SNAPSHOT_CLASS"
+        )),
+        several => Err(format!(
+            "VolumeSnapshotClasses {} are all the default for driver {driver}: name one with SNAPSHOT_CLASS",
+            several.join(", ")
+        )),
+    }
 }
 
 pub fn reclaim_policy(volume: &PersistentVolume) -> String {
@@ -198,6 +326,13 @@ impl Record {
     /// The temporary claim on the new class that the data is copied into.
     pub fn target_claim_name(&self) -> String {
         suffixed(&self.claim, "migrate-target", 253)
+    }
+
+    /// The snapshot of the old volume: one per migration of the claim (the uid's first part),
+    /// as it is kept after the run.
+    pub fn snapshot_name(&self) -> String {
+        let uid: String = self.uid.chars().take(8).collect();
+        suffixed(&self.claim, &format!("migrated-{uid}"), 253)
     }
 
     /// A Job's name ends up in a label of its pods: 63 characters at most.
@@ -265,6 +400,21 @@ impl Record {
     /// The claim itself, on the new class and bound to the copy, with the labels and
     /// annotations it had (Helm's among them, so the upgrade adopts it).
     pub fn new_claim(&self, volume: &str) -> PersistentVolumeClaim {
+        self.claim_again(self.claim_spec(&self.to, Some(volume)))
+    }
+
+    /// The claim itself, on the new class, its volume restored from the snapshot.
+    pub fn restored_claim(&self) -> PersistentVolumeClaim {
+        let mut spec = self.claim_spec(&self.to, None);
+        spec.data_source = Some(TypedLocalObjectReference {
+            api_group: Some(volume_snapshot::GROUP.to_owned()),
+            kind: "VolumeSnapshot".into(),
+            name: self.snapshot_name(),
+        });
+        self.claim_again(spec)
+    }
+
+    fn claim_again(&self, spec: PersistentVolumeClaimSpec) -> PersistentVolumeClaim {
         let mut annotations = self.annotations.clone();
         annotations.insert(MIGRATED_FROM.to_owned(), self.uid.clone());
         PersistentVolumeClaim {
@@ -275,9 +425,36 @@ impl Record {
                 annotations: Some(annotations),
                 ..Default::default()
             },
-            spec: Some(self.claim_spec(&self.to, Some(volume))),
+            spec: Some(spec),
             ..Default::default()
         }
+    }
+
+    /// The snapshot of the old volume, taken through the temporary claim that holds it, and
+    /// kept as a backup: labelled with the claim (its uid, and its name where a label can hold
+    /// it) and its Helm release.
+    pub fn snapshot(&self) -> VolumeSnapshot {
+        let mut metadata = self.meta(self.snapshot_name());
+        let labels = metadata.labels.get_or_insert_default();
+        if crate::validate::label_value(&self.claim).is_ok() {
+            labels.insert(CLAIM_LABEL.to_owned(), self.claim.clone());
+        }
+        if let Some(release) = self
+            .annotations
+            .get(HELM_RELEASE)
+            .filter(|r| crate::validate::label_value(r).is_ok())
+        {
+            labels.insert(RELEASE_LABEL.to_owned(), release.clone());
+        }
+        VolumeSnapshot::new(
+            metadata,
+            VolumeSnapshotSpec {
+                source: volume_snapshot::VolumeSnapshotSource {
+                    persistent_volume_claim_name: Some(self.source_claim_name()),
+                },
+                volume_snapshot_class_name: self.snapshot_class.clone(),
+            },
+        )
     }
 
     /// The pod that copies: the old volume read-only at [`SOURCE_PATH`], the new one at
@@ -487,7 +664,6 @@ mod tests {
             image_pull_secrets: vec!["regcred".into()],
             as_user,
             verify: true,
-            delete_old_volume: false,
         }
     }
 
@@ -526,11 +702,11 @@ mod tests {
             };
         assert!(matches!(
             refused(claim(Some("Block")), target(), Some(class("csi.example"))),
-            Refusal::CannotCopy { .. }
+            Refusal::CannotKeep { .. }
         ));
         assert!(matches!(
             refused(claim(None), Target::NoClass, None),
-            Refusal::CannotCopy { .. }
+            Refusal::CannotKeep { .. }
         ));
         assert!(matches!(
             refused(
@@ -538,7 +714,7 @@ mod tests {
                 target(),
                 Some(class("kubernetes.io/no-provisioner"))
             ),
-            Refusal::CannotCopy { .. }
+            Refusal::CannotKeep { .. }
         ));
         assert_eq!(
             refused(claim(None), target(), None),
@@ -623,6 +799,224 @@ mod tests {
         assert_eq!(retain_patch(&pv, RECORD, "r"), None);
         let patch = retain_patch(&pv, RECORD, "s").unwrap();
         assert_eq!(patch["metadata"]["annotations"][RECLAIM_POLICY], "Delete");
+    }
+
+    fn csi_volume(driver: &str) -> PersistentVolume {
+        let mut pv = volume();
+        pv.spec.as_mut().unwrap().csi =
+            Some(k8s_openapi::api::core::v1::CSIPersistentVolumeSource {
+                driver: driver.into(),
+                volume_handle: "h".into(),
+                ..Default::default()
+            });
+        pv
+    }
+
+    fn snapshot_class(name: &str, driver: &str, default: bool) -> VolumeSnapshotClass {
+        let annotations = default.then(|| {
+            BTreeMap::from([(
+                volume_snapshot::DEFAULT_CLASS_ANNOTATION.to_owned(),
+                "true".to_owned(),
+            )])
+        });
+        VolumeSnapshotClass {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations,
+                ..Default::default()
+            },
+            driver: driver.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_snapshot_needs_the_same_driver_and_a_class_for_it() {
+        let classes = [
+            snapshot_class("a-default", "a.csi", true),
+            snapshot_class("a-other", "a.csi", false),
+            snapshot_class("b-default", "b.csi", true),
+        ];
+        let choose =
+            |policy, driver: &str, to: &str, classes: Option<&[VolumeSnapshotClass]>, requested| {
+                choose(policy, &csi_volume(driver), &class(to), classes, requested)
+            };
+        let picked = |result: Result<(Strategy, Option<String>, String), Refusal>| {
+            let (strategy, class, _) = result.unwrap();
+            (strategy, class)
+        };
+        let snapshot = |class: &str| (Strategy::Snapshot, Some(class.to_owned()));
+        let copy = (Strategy::Copy, None);
+        // The driver's default class, or the one asked for.
+        assert_eq!(
+            picked(choose(
+                DataPolicy::Snapshot,
+                "a.csi",
+                "a.csi",
+                Some(&classes),
+                None
+            )),
+            snapshot("a-default")
+        );
+        assert_eq!(
+            picked(choose(
+                DataPolicy::Snapshot,
+                "a.csi",
+                "a.csi",
+                Some(&classes),
+                Some("a-other")
+            )),
+            snapshot("a-other")
+        );
+        assert_eq!(
+            picked(choose(
+                DataPolicy::Auto,
+                "a.csi",
+                "a.csi",
+                Some(&classes),
+                None
+            )),
+            snapshot("a-default")
+        );
+        // Another driver: snapshot refuses naming copy; auto copies.
+        let refusal =
+            choose(DataPolicy::Snapshot, "a.csi", "b.csi", Some(&classes), None).unwrap_err();
+        let text = refusal.to_string();
+        assert!(
+            text.contains("restored only by the driver that took it")
+                && text.contains("DATA_POLICY=copy"),
+            "{text}"
+        );
+        assert_eq!(
+            picked(choose(
+                DataPolicy::Auto,
+                "a.csi",
+                "b.csi",
+                Some(&classes),
+                None
+            )),
+            copy
+        );
+        // A class of another driver, a missing one, no default, two defaults, no snapshot API,
+        // a volume that is not CSI.
+        let reason = |result: Result<(Strategy, Option<String>, String), Refusal>| match result {
+            Err(Refusal::CannotKeep { reason }) => reason,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(
+            reason(choose(
+                DataPolicy::Snapshot,
+                "a.csi",
+                "a.csi",
+                Some(&classes),
+                Some("b-default")
+            ))
+            .contains("is for driver b.csi")
+        );
+        assert!(
+            reason(choose(
+                DataPolicy::Snapshot,
+                "a.csi",
+                "a.csi",
+                Some(&classes),
+                Some("nope")
+            ))
+            .contains("does not exist")
+        );
+        assert!(
+            reason(choose(
+                DataPolicy::Snapshot,
+                "a.csi",
+                "a.csi",
+                Some(&classes[1..]),
+                None
+            ))
+            .contains("no VolumeSnapshotClass is the default")
+        );
+        let two = [
+            snapshot_class("x", "a.csi", true),
+            snapshot_class("y", "a.csi", true),
+        ];
+        assert!(
+            reason(choose(
+                DataPolicy::Snapshot,
+                "a.csi",
+                "a.csi",
+                Some(&two),
+                None
+            ))
+            .contains("x, y are all the default")
+        );
+        assert!(
+            reason(choose(DataPolicy::Snapshot, "a.csi", "a.csi", None, None))
+                .contains("no VolumeSnapshot API")
+        );
+        assert_eq!(
+            picked(choose(DataPolicy::Auto, "a.csi", "a.csi", None, None)),
+            copy
+        );
+        let not_csi = super::choose(
+            DataPolicy::Snapshot,
+            &volume(),
+            &class("a.csi"),
+            Some(&classes),
+            None,
+        );
+        assert!(reason(not_csi).contains("not a CSI volume"));
+    }
+
+    #[test]
+    fn the_snapshot_and_the_claim_made_from_it() {
+        let mut record = a_record();
+        record.strategy = Strategy::Snapshot;
+        record.snapshot_class = Some("a-default".into());
+        assert_eq!(record.snapshot_name(), "data-migrated-u-1");
+        let snapshot = record.snapshot();
+        let labels = snapshot.labels();
+        assert!(made_for(labels, "u-1"));
+        assert_eq!(labels.get(CLAIM_LABEL).map(String::as_str), Some("data"));
+        assert_eq!(labels.get(RELEASE_LABEL).map(String::as_str), Some("rel"));
+        assert_eq!(
+            snapshot.spec.source.persistent_volume_claim_name.as_deref(),
+            Some("data-migrate-source")
+        );
+        assert_eq!(
+            snapshot.spec.volume_snapshot_class_name.as_deref(),
+            Some("a-default")
+        );
+        let claim = record.restored_claim();
+        assert!(
+            claim
+                .annotations()
+                .contains_key("meta.helm.sh/release-name")
+        );
+        let spec = claim.spec.unwrap();
+        assert_eq!(spec.volume_name, None);
+        assert_eq!(spec.storage_class_name.as_deref(), Some("b"));
+        let source = spec.data_source.unwrap();
+        assert_eq!(
+            (
+                source.api_group.as_deref(),
+                source.kind.as_str(),
+                source.name.as_str()
+            ),
+            (
+                Some("snapshot.storage.k8s.io"),
+                "VolumeSnapshot",
+                "data-migrated-u-1"
+            )
+        );
+        // A record written before the strategy existed reads as a copy that binds at once.
+        let mut json = serde_json::to_value(a_record()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("strategy");
+        object.remove("bindsAtOnce");
+        let old: Record = serde_json::from_value(json).unwrap();
+        assert_eq!((old.strategy, old.binds_at_once), (Strategy::Copy, true));
+        // A long claim name is no label value: the uid label still names the claim.
+        let mut long = a_record();
+        long.claim = "d".repeat(70);
+        assert!(!long.snapshot().labels().contains_key(CLAIM_LABEL));
     }
 
     #[test]

@@ -59,7 +59,8 @@ func archiveDir(dir, file string) error {
 	return err
 }
 
-// extract recreates under dir (which must not exist) the tree archived in file.
+// extract recreates under dir (which must not exist) the tree archived in file, with each entry's
+// owner and mode, as a block-level snapshot would.
 func extract(file, dir string) error {
 	in, err := os.Open(file)
 	if err != nil {
@@ -80,6 +81,16 @@ func extract(file, dir string) error {
 			return fmt.Errorf("archive entry %q leaves the volume", hdr.Name)
 		}
 		mode := os.FileMode(hdr.Mode).Perm()
+		special := os.FileMode(0)
+		if hdr.Mode&04000 != 0 {
+			special |= os.ModeSetuid
+		}
+		if hdr.Mode&02000 != 0 {
+			special |= os.ModeSetgid
+		}
+		if hdr.Mode&01000 != 0 {
+			special |= os.ModeSticky
+		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := os.MkdirAll(target, mode); err != nil {
@@ -106,6 +117,15 @@ func extract(file, dir string) error {
 			}
 		default:
 			return fmt.Errorf("archive entry %q: unsupported type %c", hdr.Name, hdr.Typeflag)
+		}
+		if err := os.Lchown(target, hdr.Uid, hdr.Gid); err != nil {
+			return err
+		}
+		// A change of owner clears setuid and setgid: the mode goes on after it.
+		if hdr.Typeflag != tar.TypeSymlink {
+			if err := os.Chmod(target, mode|special); err != nil {
+				return err
+			}
 		}
 	}
 }
