@@ -7,6 +7,7 @@
 //! DIR/csi/<driver>/volumes/<volume handle>      the volume's data (pvc-<claim uid>)
 //! DIR/csi/<driver>/origins/<volume handle>.json the claim it was made for; kept after deletion
 //! DIR/csi/<driver>/holds/<volume handle>        while present, DeleteVolume fails
+//! DIR/csi/<driver>/snapshots/<snapshot id>.tar  a snapshot: the volume's tree, owners, modes, times
 //! ```
 //!
 //! so a test sees what the provisioner really deleted, and [`assert_no_leak`] checks that every
@@ -30,7 +31,8 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::PersistentVolume;
-use kube::api::ListParams;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::{Api, ResourceExt};
 use serde::Deserialize;
 
 use crate::{TestNamespace, control_plane::ControlPlane};
@@ -182,6 +184,74 @@ pub fn hold_deletion(driver: &str, handle: &str, hold: bool) {
     } else {
         std::fs::remove_file(&file).unwrap_or_else(|e| panic!("removing {}: {e}", file.display()));
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Snapshots
+
+fn snapshot_resource(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "snapshot.storage.k8s.io",
+        "v1",
+        kind,
+    ))
+}
+
+/// The VolumeSnapshots of the namespace.
+pub fn snapshots(ns: &TestNamespace) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        ns.client().clone(),
+        ns.name(),
+        &snapshot_resource("VolumeSnapshot"),
+    )
+}
+
+/// The VolumeSnapshotContents of the cluster.
+pub fn snapshot_contents(ns: &TestNamespace) -> Api<DynamicObject> {
+    Api::all_with(
+        ns.client().clone(),
+        &snapshot_resource("VolumeSnapshotContent"),
+    )
+}
+
+/// The VolumeSnapshotClasses of the cluster.
+pub fn snapshot_classes(ns: &TestNamespace) -> Api<DynamicObject> {
+    Api::all_with(
+        ns.client().clone(),
+        &snapshot_resource("VolumeSnapshotClass"),
+    )
+}
+
+/// A ready VolumeSnapshot's driver and snapshot handle, read from its bound content; panics
+/// when it is not ready.
+pub async fn snapshot_handle(ns: &TestNamespace, snapshot: &DynamicObject) -> (String, String) {
+    assert_eq!(
+        snapshot.data["status"]["readyToUse"],
+        true,
+        "snapshot {} not ready: {:#?}",
+        snapshot.name_any(),
+        snapshot.data
+    );
+    let content_name = snapshot.data["status"]["boundVolumeSnapshotContentName"]
+        .as_str()
+        .expect("a ready snapshot names its content");
+    let content = snapshot_contents(ns)
+        .get(content_name)
+        .await
+        .unwrap_or_else(|e| panic!("reading VolumeSnapshotContent {content_name}: {e}"));
+    let driver = content.data["spec"]["driver"].as_str().unwrap_or_default();
+    let handle = content.data["status"]["snapshotHandle"]
+        .as_str()
+        .unwrap_or_default();
+    (driver.to_string(), handle.to_string())
+}
+
+/// The archive in which `driver` keeps snapshot `handle` (which need not exist).
+pub fn snapshot_archive(driver: &str, handle: &str) -> PathBuf {
+    csi_root()
+        .join(driver)
+        .join("snapshots")
+        .join(format!("{handle}.tar"))
 }
 
 /// How long a directory may lack its PV: the provisioner creates the PV object just after the

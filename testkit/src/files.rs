@@ -47,28 +47,17 @@ pub fn user_xattrs(dir: &Path) -> bool {
     ok
 }
 
-/// A tree with every kind of entry the copy knows. Returns whether it has xattrs.
+/// Directories, regular files and symlinks, with owners other than root, setuid, setgid and
+/// sticky bits, and times in the past: the entries that any snapshot of a volume keeps.
+pub fn plain_tree(src: &Path) {
+    plain_entries(src);
+    past_times(src);
+}
+
+/// A tree with every kind of entry the copy knows: [`plain_tree`]'s, and a sparse file, hard
+/// links, a FIFO, a socket and extended attributes. Returns whether it has xattrs.
 pub fn every_kind(src: &Path) -> bool {
-    fs::create_dir_all(src.join("docs/deep/er")).unwrap();
-    fs::create_dir(src.join("empty")).unwrap();
-    fs::create_dir(src.join("shared")).unwrap();
-    fs::create_dir(src.join("private")).unwrap();
-    fs::write(src.join("docs/readme.txt"), b"hello\n").unwrap();
-    fs::write(src.join("docs/deep/er/data.bin"), vec![42u8; 300_000]).unwrap();
-    fs::write(src.join("private/secret"), b"s3cret").unwrap();
-    fs::write(src.join("empty-file"), b"").unwrap();
-    // Owners other than root, setuid, setgid and sticky.
-    fs::write(src.join("tool"), b"#!/bin/true\n").unwrap();
-    chown(&src.join("tool"), 1000, 1000);
-    chmod(&src.join("tool"), 0o4755);
-    chown(&src.join("docs"), 1234, 5678);
-    chown(&src.join("docs/readme.txt"), 1234, 5678);
-    chmod(&src.join("docs/readme.txt"), 0o640);
-    chown(&src.join("private"), 999, 999);
-    chmod(&src.join("private"), 0o700);
-    chown(&src.join("private/secret"), 999, 999);
-    chmod(&src.join("private/secret"), 0o400);
-    chmod(&src.join("shared"), 0o3777);
+    plain_entries(src);
     // A sparse file: 64 MiB, three small data regions.
     let sparse = File::create(src.join("sparse.img")).unwrap();
     sparse.set_len(64 << 20).unwrap();
@@ -76,14 +65,6 @@ pub fn every_kind(src: &Path) -> bool {
         std::os::unix::fs::FileExt::write_all_at(&sparse, &[1u8; 4096], at).unwrap();
     }
     drop(sparse);
-    // Symlinks: relative, absolute and dangling, a loop, one to itself; owned by another user.
-    symlink("docs/readme.txt", src.join("link-to-readme")).unwrap();
-    symlink("/nonexistent/target", src.join("dangling")).unwrap();
-    symlink("loop-b", src.join("loop-a")).unwrap();
-    symlink("loop-a", src.join("loop-b")).unwrap();
-    symlink("self", src.join("self")).unwrap();
-    symlink("..", src.join("docs/deep/up")).unwrap();
-    chown(&src.join("link-to-readme"), 1000, 1000);
     // Hard links: three names of one inode, one in another directory.
     fs::write(src.join("docs/linked"), b"one inode, three names").unwrap();
     fs::hard_link(src.join("docs/linked"), src.join("docs/linked-2")).unwrap();
@@ -111,8 +92,57 @@ pub fn every_kind(src: &Path) -> bool {
         .unwrap();
         rustix::fs::setxattr(src.join("docs"), "user.dir", b"yes", XattrFlags::empty()).unwrap();
     }
-    // Times in the past, with nanoseconds, on files, directories and symlinks; last, so that
-    // nothing above changes them.
+    past_times(src);
+    xattrs
+}
+
+fn plain_entries(src: &Path) {
+    fs::create_dir_all(src.join("docs/deep/er")).unwrap();
+    fs::create_dir(src.join("empty")).unwrap();
+    fs::create_dir(src.join("shared")).unwrap();
+    fs::create_dir(src.join("private")).unwrap();
+    fs::write(src.join("docs/readme.txt"), b"hello\n").unwrap();
+    fs::write(src.join("docs/deep/er/data.bin"), vec![42u8; 300_000]).unwrap();
+    fs::write(src.join("private/secret"), b"s3cret").unwrap();
+    fs::write(src.join("empty-file"), b"").unwrap();
+    // 1 MiB that no compression or zero detection can shortcut.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    fs::write(src.join("noise.bin"), noise).unwrap();
+    chown(&src.join("noise.bin"), 4321, 4322);
+    chmod(&src.join("noise.bin"), 0o640);
+    // Owners other than root, setuid, setgid and sticky.
+    fs::write(src.join("tool"), b"#!/bin/true\n").unwrap();
+    chown(&src.join("tool"), 1000, 1000);
+    chmod(&src.join("tool"), 0o4755);
+    chown(&src.join("docs"), 1234, 5678);
+    chown(&src.join("docs/readme.txt"), 1234, 5678);
+    chmod(&src.join("docs/readme.txt"), 0o640);
+    chown(&src.join("private"), 999, 999);
+    chmod(&src.join("private"), 0o700);
+    chown(&src.join("private/secret"), 999, 999);
+    chmod(&src.join("private/secret"), 0o400);
+    chmod(&src.join("shared"), 0o3777);
+    // Symlinks: relative, absolute and dangling, a loop, one to itself; owned by another user.
+    symlink("docs/readme.txt", src.join("link-to-readme")).unwrap();
+    symlink("/nonexistent/target", src.join("dangling")).unwrap();
+    symlink("loop-b", src.join("loop-a")).unwrap();
+    symlink("loop-a", src.join("loop-b")).unwrap();
+    symlink("self", src.join("self")).unwrap();
+    symlink("..", src.join("docs/deep/up")).unwrap();
+    chown(&src.join("link-to-readme"), 1000, 1000);
+}
+
+/// Times in the past, with nanoseconds, on every entry (files, directories, symlinks); set last,
+/// so that nothing else changes them.
+fn past_times(src: &Path) {
     let mut n = 0;
     for entry in walk(src) {
         n += 1;
@@ -123,7 +153,6 @@ pub fn every_kind(src: &Path) -> bool {
         );
     }
     set_times(src, (1_500_000_000, 1), (1_400_000_000, 2));
-    xattrs
 }
 
 /// Every path under `root`, parents before children.

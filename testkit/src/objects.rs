@@ -138,6 +138,12 @@ impl Class {
         self
     }
 
+    /// `WaitForFirstConsumer` binding: a claim of the class stays Pending until a pod uses it.
+    pub fn wait_for_first_consumer(mut self) -> Class {
+        self.binding_mode = "WaitForFirstConsumer".into();
+        self
+    }
+
     /// A parameter, passed by the provisioner to the driver.
     pub fn parameter(mut self, key: &str, value: &str) -> Class {
         self.parameters.insert(key.into(), value.into());

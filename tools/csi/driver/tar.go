@@ -7,10 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // archiveDir writes the tree under dir (regular files, directories and symlinks, with their
-// modes) as a tar archive to file.
+// owners, modes and times) as a tar archive to file.
 func archiveDir(dir, file string) error {
 	out, err := os.Create(file)
 	if err != nil {
@@ -36,6 +39,8 @@ func archiveDir(dir, file string) error {
 			return err
 		}
 		hdr.Name = filepath.ToSlash(rel)
+		// PAX keeps times to the nanosecond, access times included.
+		hdr.Format = tar.FormatPAX
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
@@ -59,8 +64,13 @@ func archiveDir(dir, file string) error {
 	return err
 }
 
+type times struct {
+	path          string
+	access, modif time.Time
+}
+
 // extract recreates under dir (which must not exist) the tree archived in file, with each entry's
-// owner and mode, as a block-level snapshot would.
+// owner, mode and times, as a block-level snapshot would.
 func extract(file, dir string) error {
 	in, err := os.Open(file)
 	if err != nil {
@@ -68,9 +78,16 @@ func extract(file, dir string) error {
 	}
 	defer in.Close()
 	tr := tar.NewReader(in)
+	var stamps []times
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
+			// Last entries first: a directory's times are set after its entries are made.
+			for i := len(stamps) - 1; i >= 0; i-- {
+				if err := setTimes(stamps[i]); err != nil {
+					return err
+				}
+			}
 			return nil
 		}
 		if err != nil {
@@ -127,5 +144,16 @@ func extract(file, dir string) error {
 				return err
 			}
 		}
+		access := hdr.AccessTime
+		if access.IsZero() {
+			access = hdr.ModTime
+		}
+		stamps = append(stamps, times{target, access, hdr.ModTime})
 	}
+}
+
+// setTimes sets an entry's access and modification times, a symlink's own.
+func setTimes(t times) error {
+	spec := []unix.Timespec{unix.NsecToTimespec(t.access.UnixNano()), unix.NsecToTimespec(t.modif.UnixNano())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, t.path, spec, unix.AT_SYMLINK_NOFOLLOW)
 }
