@@ -235,7 +235,7 @@ async fn snapshot_keeps_every_file_and_the_claim_as_helm_made_it() {
 
     // Done: a rerun has nothing to do.
     let again = s.migrate(&[]).await;
-    again.expect_result(0, "nothing to do");
+    again.expect_result(0, "nothing-to-do");
 }
 
 #[tokio::test]
