@@ -10,7 +10,7 @@
 OLDEST_KUBERNETES = 1.33
 # The test files that run the binary against the control plane.
 VERSION_TESTS = --test control_plane --test migrate --test preflight --test reliability --test keep \
-  --test statefulset --test csi --test e2e --test flux
+  --test statefulset --test csi --test snapshot --test e2e --test flux
 
 demo:
 	scripts/demo.sh

@@ -28,6 +28,7 @@ use std::{fs, io::Read, os::unix::fs::MetadataExt, path::Path, sync::Arc, time::
 
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
+use testkit::csi::{DRIVER_A, assert_no_leak};
 use testkit::files::{chmod, chown, data_dir, is_root};
 use testkit::helm::{Helm, HelmOut};
 use testkit::helm_3_and_4;
@@ -1016,3 +1017,81 @@ async fn data_copy_keeps_the_file(helm: Helm) {
     assert_payload(&old_dir, &payload, "the old volume after the rollback");
 }
 helm_3_and_4!(data_copy_keeps_the_file);
+
+/// Installs with the claim on class A of CSI driver A (the control plane's CSI stack), writes a
+/// file into its volume (random bytes, another owner, mode 0640), and upgrades to class B of the
+/// same driver with `data: snapshot`: the hook snapshots the old volume and makes the claim
+/// again from the snapshot, which Helm adopts. The same with either helm.
+async fn data_snapshot_keeps_the_file(helm: Helm) {
+    if !is_root() {
+        eprintln!("skipped: this test needs root (the file belongs to another user)");
+        return;
+    }
+    let s = Release::with(
+        "e2e-snap",
+        ReleaseOpts {
+            helm,
+            class_a: Class::new("a").csi(DRIVER_A),
+            class_b: Class::new("b").csi(DRIVER_A).parameter("tier", "fast"),
+            ..ReleaseOpts::default()
+        },
+    )
+    .await;
+    let before = s.install(Some(&s.a)).await;
+    let pv_a = get(&s.pvs(), volume_name(&before).expect("bound")).await;
+    let old_dir = claim_dir(&s, CLAIM).await;
+    let payload = random_bytes(PAYLOAD_SIZE);
+    let file = old_dir.join(PAYLOAD);
+    fs::write(&file, &payload).unwrap();
+    chown(&file, PAYLOAD_OWNER.0, PAYLOAD_OWNER.1);
+    chmod(&file, PAYLOAD_MODE);
+
+    let after = s
+        .upgrade_ok(&s.b, &[("storageclassMigrate.data", "snapshot")])
+        .await;
+    let run = s.last_run(0);
+    let o = run.outcome();
+    assert_eq!(o.result, "migrated", "{run}");
+    for kind in [
+        "volume-retained",
+        "claim-deleted",
+        "snapshot-taken",
+        "claim-recreated",
+    ] {
+        assert!(o.has_done(kind), "{kind} not done\n{run}");
+    }
+    assert!(!o.has_done("data-copied"), "no copy Job\n{run}");
+    let snapshot = o.left_names("snapshot-kept");
+    assert_eq!(snapshot.len(), 1, "{run}");
+    assert_eq!(s.release_status().await, "deployed");
+
+    assert_ne!(after.uid(), before.uid(), "the claim was made again");
+    assert_eq!(claim_class(&after), Some(s.b.as_str()));
+    assert_eq!(
+        after.annotations().get(MIGRATED_FROM),
+        before.uid().as_ref()
+    );
+    assert_eq!(after.labels(), before.labels());
+    let source = after.spec.as_ref().and_then(|s| s.data_source.clone());
+    assert_eq!(source.map(|s| s.name).as_deref(), Some(snapshot[0]));
+    let new_dir = claim_dir(&s, CLAIM).await;
+    assert_ne!(new_dir, old_dir);
+    assert_payload(&new_dir, &payload, "the volume restored on class B");
+    let old = s
+        .pv(&pv_a.name_any())
+        .await
+        .expect("the old volume is kept");
+    assert_eq!(reclaim_policy(&old), "Retain");
+    assert_payload(&old_dir, &payload, "the old volume");
+    s.expect_hook_objects_gone().await;
+
+    // Helm adopted the claim the hook made from the snapshot.
+    let out = s.helm("upgrade", &[], true).await;
+    s.expect_ok(&out);
+    assert_eq!(s.last_run(0).outcome().result, "nothing-to-do");
+    let adopted = s.claim().await.expect("the claim is there");
+    assert_eq!(adopted.uid(), after.uid(), "the claim was kept");
+    assert_eq!(s.release_status().await, "deployed");
+    assert_no_leak(&s).await;
+}
+helm_3_and_4!(data_snapshot_keeps_the_file);
