@@ -106,11 +106,17 @@ def env_of(job):
     return {e["name"]: e.get("value") for e in container(job).get("env", [])}
 
 
-WHEN = ("always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers", "dataCopy",
-        "statefulSet")
+WHEN = ("always", "inUseEvict", "patchClaims", "writeVolumes", "stripAllFinalizers", "keepData",
+        "dataCopy", "dataSnapshot", "deleteSnapshot", "statefulSet")
+# The data policies that keep the data, and those that may copy it or snapshot it (auto does
+# either, so it needs the rules of both).
+KEEP_DATA = ("copy", "snapshot", "auto")
+COPIES = ("copy", "auto")
+SNAPSHOTS = ("snapshot", "auto")
 
 
-def rule_on(when, in_use="evict", retained=False, strip=False, data="delete", statefulset=None):
+def rule_on(when, in_use="evict", retained=False, strip=False, data="delete", statefulset=None,
+            delete_snapshot=False):
     """Whether a rule of rbac-rules.json applies to a setting; the templates' table, written again."""
     expect(when in WHEN, f"rbac-rules.json: unknown when {when!r}")
     return {"always": True,
@@ -118,16 +124,19 @@ def rule_on(when, in_use="evict", retained=False, strip=False, data="delete", st
             "patchClaims": in_use == "force" or strip,
             "writeVolumes": retained or strip,
             "stripAllFinalizers": strip,
-            "dataCopy": data == "copy",
+            "keepData": data in KEEP_DATA,
+            "dataCopy": data in COPIES,
+            "dataSnapshot": data in SNAPSHOTS,
+            "deleteSnapshot": data in SNAPSHOTS and delete_snapshot,
             "statefulSet": bool(statefulset)}[when]
 
 
 def expected_rules(section, in_use="evict", retained=False, strip=False, data="delete", claims=None,
-                   selector="", namespace="apps", statefulset=None):
+                   selector="", namespace="apps", statefulset=None, delete_snapshot=False):
     """The rules of rbac-rules.json for a setting, computed here independently of the templates."""
     rules = []
     for rule in RULES[section]:
-        if not rule_on(rule["when"], in_use, retained, strip, data, statefulset):
+        if not rule_on(rule["when"], in_use, retained, strip, data, statefulset, delete_snapshot):
             continue
         out = {k: rule[k] for k in ("apiGroups", "resources", "verbs")}
         if rule.get("limitToClaimNames") and claims and not selector:
@@ -141,10 +150,11 @@ def expected_rules(section, in_use="evict", retained=False, strip=False, data="d
 
 
 # What the binary sends, by setting (src/claim.rs, src/volume.rs, src/eviction.rs, src/migrate.rs,
-# src/run.rs, src/keep/mod.rs), as (API group, resource) -> verbs; written from the binary, not
-# from rbac-rules.json. Every list also stands for the list that starts each watch (a watch of one
+# src/run.rs, src/keep/), as (API group, resource) -> verbs; written from the binary, not from
+# rbac-rules.json. Every list also stands for the list that starts each watch (a watch of one
 # object by a metadata.name field selector lists it first), hence list with watch.
-def needed_verbs(in_use="evict", retained=False, strip=False, data="delete", statefulset=False):
+def needed_verbs(in_use="evict", retained=False, strip=False, data="delete", statefulset=False,
+                 delete_snapshot=False):
     need = {
         ("", "persistentvolumeclaims"): {"get", "list", "watch", "delete"},
         ("", "pods"): {"list"},
@@ -161,16 +171,26 @@ def needed_verbs(in_use="evict", retained=False, strip=False, data="delete", sta
         need[("", "persistentvolumes")].add("patch")  # mark, reclaim policy, finalizers
     if strip:
         need[("", "persistentvolumes")].add("delete")
-    if data == "copy":
-        # src/keep/mod.rs: the temporary claims <claim>-migrate-source and -target are created,
-        # read, watched until bound or gone, and deleted; the claim is created again. The copy Job
-        # is created, read, watched until it finishes, and deleted. The copy pod is created as a
-        # server-side dry run (Pod Security admission judges pods, not Jobs). Volumes are patched:
-        # reclaim policy and record of the old and the new volume, claimRefs, annotations.
+    if data in KEEP_DATA:
+        # src/keep/: the temporary claims (<claim>-migrate-source, and with a copy -target) are
+        # created, read, watched until bound or gone, and deleted; the claim is created again.
+        # Volumes are patched: reclaim policy and record of the old and the new volume, claimRefs,
+        # annotations.
         need[("", "persistentvolumeclaims")].add("create")
+        need[("", "persistentvolumes")].add("patch")
+    if data in COPIES:
+        # The copy Job is created, read, watched until it finishes, and deleted. The copy pod is
+        # created as a server-side dry run (Pod Security admission judges pods, not Jobs).
         need[("batch", "jobs")] = {"create", "get", "list", "watch", "delete"}
         need[("", "pods")].add("create")
-        need[("", "persistentvolumes")].add("patch")
+    if data in SNAPSHOTS:
+        # The VolumeSnapshot of the old volume is created, read and watched until ready to use,
+        # then kept (or deleted, with deleteSnapshot, once the claim made again is bound); the
+        # VolumeSnapshotClasses are read to find the one named or the driver's default.
+        need[("snapshot.storage.k8s.io", "volumesnapshots")] = {"create", "get", "list", "watch"}
+        if delete_snapshot:
+            need[("snapshot.storage.k8s.io", "volumesnapshots")].add("delete")
+        need[("snapshot.storage.k8s.io", "volumesnapshotclasses")] = {"get", "list"}
     if statefulset:
         # src/statefulset/mod.rs: read, deleted (as a dry run, then for real), watched until gone.
         need[("apps", "statefulsets")] = {"get", "list", "watch", "delete"}

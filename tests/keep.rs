@@ -63,7 +63,7 @@ impl Scene {
             .chart(
                 &["data"],
                 c.name(),
-                &["always", "inUseEvict", "dataCopy"],
+                &["always", "inUseEvict", "keepData", "dataCopy"],
                 None,
             )
             .create(&c)

@@ -525,9 +525,12 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
         eprintln!("skipped: the copy keeps owners, which needs root");
         return;
     }
-    let s = Scene::with("sts-copy", 3, &["always", "inUseEvict", "dataCopy"], |c| {
-        Sts::new(SET).class(&c.a)
-    })
+    let s = Scene::with(
+        "sts-copy",
+        3,
+        &["always", "inUseEvict", "keepData", "dataCopy"],
+        |c| Sts::new(SET).class(&c.a),
+    )
     .await;
     let set = &s.set;
     for n in 0..3 {

@@ -350,9 +350,15 @@ rules (dict "rules" LIST "state" STATE): the RBAC rules of rbac-rules.json that 
   writeVolumes        deleteRetainedPV or stripAllFinalizers (the volume's mark, reclaim policy
                       and finalizer patches)
   stripAllFinalizers  stripAllFinalizers (the volume is deleted by the hook, not its provisioner)
-  dataCopy            data is copy (the temporary claims and the claim made again, whose names
-                      are not all known here; the copy Job; the copy pod's dry run; the old and
-                      new volumes' reclaim policy, claimRef and annotation patches)
+  keepData            data is copy, snapshot or auto: what both ways of keeping the data share
+                      (the temporary claims and the claim made again, whose names are not all
+                      known here; the volumes' reclaim policy, claimRef and annotation patches)
+  dataCopy            data is copy or auto (the copy Job; the copy pod's dry run)
+  dataSnapshot        data is snapshot or auto (the VolumeSnapshot of the old volume, made, read
+                      and watched until ready to use; the VolumeSnapshotClasses, read to find
+                      the driver's)
+  deleteSnapshot      data is snapshot or auto, and snapshot.deleteSnapshot (the VolumeSnapshot
+                      deleted once the claim made again is bound)
   statefulSet         a StatefulSet is given (its read, the wait for it to go, its delete)
 "limitToClaimNames": the rule names the claims when they are given by name only (a selector, or a
 StatefulSet's ordinals, name claims unknown here); "limitToNamespace": the rule names the release's
@@ -378,8 +384,16 @@ namespace; "limitToStatefulSetName": the rule names the StatefulSet.
 {{- $on = or $state.s.deleteRetainedPV $state.s.stripAllFinalizers -}}
 {{- else if eq $when "stripAllFinalizers" -}}
 {{- $on = $state.s.stripAllFinalizers -}}
+{{- else if eq $when "keepData" -}}
+{{- $on = has $state.s.data (list "copy" "snapshot" "auto") -}}
 {{- else if eq $when "dataCopy" -}}
-{{- $on = eq $state.s.data "copy" -}}
+{{- $on = has $state.s.data (list "copy" "auto") -}}
+{{- else if eq $when "dataSnapshot" -}}
+{{- $on = has $state.s.data (list "snapshot" "auto") -}}
+{{- else if eq $when "deleteSnapshot" -}}
+{{- if has $state.s.data (list "snapshot" "auto") -}}
+{{- $on = $state.s.snapshot.deleteSnapshot -}}
+{{- end -}}
 {{- else if eq $when "statefulSet" -}}
 {{- $on = not (empty $state.statefulSet) -}}
 {{- else -}}

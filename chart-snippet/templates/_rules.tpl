@@ -35,7 +35,7 @@
       "verbs": ["list"]
     },
     {
-      "when": "dataCopy",
+      "when": "keepData",
       "apiGroups": [""],
       "resources": ["persistentvolumeclaims"],
       "verbs": ["create", "get", "list", "watch", "delete"]
@@ -51,6 +51,18 @@
       "apiGroups": [""],
       "resources": ["pods"],
       "verbs": ["create"]
+    },
+    {
+      "when": "dataSnapshot",
+      "apiGroups": ["snapshot.storage.k8s.io"],
+      "resources": ["volumesnapshots"],
+      "verbs": ["create", "get", "list", "watch"]
+    },
+    {
+      "when": "deleteSnapshot",
+      "apiGroups": ["snapshot.storage.k8s.io"],
+      "resources": ["volumesnapshots"],
+      "verbs": ["delete"]
     },
     {
       "when": "statefulSet",
@@ -93,10 +105,16 @@
       "verbs": ["delete"]
     },
     {
-      "when": "dataCopy",
+      "when": "keepData",
       "apiGroups": [""],
       "resources": ["persistentvolumes"],
       "verbs": ["patch"]
+    },
+    {
+      "when": "dataSnapshot",
+      "apiGroups": ["snapshot.storage.k8s.io"],
+      "resources": ["volumesnapshotclasses"],
+      "verbs": ["get", "list"]
     }
   ]
 }

@@ -114,7 +114,10 @@ fn rules_for(
                         "patchClaims",
                         "writeVolumes",
                         "stripAllFinalizers",
+                        "keepData",
                         "dataCopy",
+                        "dataSnapshot",
+                        "deleteSnapshot",
                         "statefulSet"
                     ]
                     .contains(&set),
@@ -479,24 +482,39 @@ mod tests {
         );
     }
 
+    /// Whether `rules` grant `verb` on `resource`, with resourceNames (`named`) or without.
+    fn grants(rules: &[PolicyRule], resource: &str, verb: &str, named: bool) -> bool {
+        rules.iter().any(|r| {
+            r.resources
+                .as_ref()
+                .is_some_and(|res| res.iter().any(|x| x == resource))
+                && r.verbs.iter().any(|v| v == verb)
+                && r.resource_names.is_some() == named
+        })
+    }
+
     #[test]
-    fn chart_rules_grant_the_copy_with_data_copy() {
-        let grants = |rules: &[PolicyRule], resource: &str, verb: &str, named: bool| {
-            rules.iter().any(|r| {
-                r.resources
-                    .as_ref()
-                    .is_some_and(|res| res.iter().any(|x| x == resource))
-                    && r.verbs.iter().any(|v| v == verb)
-                    && r.resource_names.is_some() == named
-            })
-        };
+    fn chart_rules_grant_the_copy_with_keep_data_and_data_copy() {
         let (role, cluster) = chart_rules(&["data"], "apps", &["always"], None);
         assert!(!grants(&role, "jobs", "create", false), "{role:?}");
         assert!(
             !grants(&cluster, "persistentvolumes", "patch", false),
             "{cluster:?}"
         );
+        // dataCopy alone: the copy Job and pod, not the claims and volumes both strategies use.
         let (role, cluster) = chart_rules(&["data"], "apps", &["always", "dataCopy"], None);
+        assert!(grants(&role, "jobs", "delete", false), "{role:?}");
+        assert!(grants(&role, "pods", "create", false), "{role:?}");
+        assert!(
+            !grants(&role, "persistentvolumeclaims", "create", false),
+            "{role:?}"
+        );
+        assert!(
+            !grants(&cluster, "persistentvolumes", "patch", false),
+            "{cluster:?}"
+        );
+        let (role, cluster) =
+            chart_rules(&["data"], "apps", &["always", "keepData", "dataCopy"], None);
         // The temporary claims' names are not the claim's: no resourceNames.
         assert!(
             grants(&role, "persistentvolumeclaims", "create", false),
@@ -507,6 +525,49 @@ mod tests {
         assert!(
             grants(&cluster, "persistentvolumes", "patch", false),
             "{cluster:?}"
+        );
+        assert!(
+            !grants(&role, "volumesnapshots", "create", false),
+            "{role:?}"
+        );
+    }
+
+    #[test]
+    fn chart_rules_grant_the_snapshot_with_data_snapshot() {
+        let (role, cluster) = chart_rules(
+            &["data"],
+            "apps",
+            &["always", "keepData", "dataSnapshot"],
+            None,
+        );
+        for verb in ["create", "get", "list", "watch"] {
+            assert!(grants(&role, "volumesnapshots", verb, false), "{role:?}");
+        }
+        assert!(
+            !grants(&role, "volumesnapshots", "delete", false),
+            "{role:?}"
+        );
+        for verb in ["get", "list"] {
+            assert!(
+                grants(&cluster, "volumesnapshotclasses", verb, false),
+                "{cluster:?}"
+            );
+        }
+        assert!(
+            grants(&role, "persistentvolumeclaims", "create", false),
+            "{role:?}"
+        );
+        assert!(!grants(&role, "jobs", "create", false), "{role:?}");
+        assert!(!grants(&role, "pods", "create", false), "{role:?}");
+        let (role, _) = chart_rules(
+            &["data"],
+            "apps",
+            &["always", "keepData", "dataSnapshot", "deleteSnapshot"],
+            None,
+        );
+        assert!(
+            grants(&role, "volumesnapshots", "delete", false),
+            "{role:?}"
         );
     }
 }
