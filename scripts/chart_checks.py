@@ -198,8 +198,8 @@ def needed_verbs(in_use="evict", retained=False, strip=False, data="delete", sta
 
 
 # What src/keep/mod.rs `preflight` asks with SelfSubjectAccessReviews before any change, with
-# data: copy, as (verb, API group, resource, name or None), for claim CLAIM: each must be allowed
-# by some rule (a rule with resourceNames allows only those names).
+# data: copy (and auto, which may copy), as (verb, API group, resource, name or None), for claim
+# CLAIM: each must be allowed by some rule (a rule with resourceNames allows only those names).
 def copy_preflight_asks(claim):
     asks = []
     for name in (f"{claim}-migrate-source", f"{claim}-migrate-target", claim):
@@ -401,9 +401,11 @@ def defaults(h):
     for rule in one(docs, "Role")["rules"]:
         if "persistentvolumeclaims" in rule["resources"]:
             expect("patch" not in rule["verbs"], f"default Role may patch claims: {rule}")
-    # No claims, Jobs or pods created by default: only data: copy makes them.
+    # No claims, Jobs, pods or snapshots created by default: only the policies that keep the data
+    # make them.
     granted = granted_verbs(docs)
-    for key in (("", "persistentvolumeclaims"), ("batch", "jobs"), ("", "pods")):
+    for key in (("", "persistentvolumeclaims"), ("batch", "jobs"), ("", "pods"),
+                ("snapshot.storage.k8s.io", "volumesnapshots")):
         expect("create" not in granted.get(key, set()), f"default grants create {key}")
     # Nothing may grant writes on volumes, or anything on secrets, by default.
     for rule in one(docs, "ClusterRole")["rules"]:
@@ -455,8 +457,10 @@ def volume_writes_only_with_the_two_flags(h):
                   "(deleteRetainedPV lets the provisioner delete)")
 
 
-COPY_ENV = ("COPY_IMAGE", "COPY_IMAGE_PULL_SECRETS", "COPY_AS_USER", "COPY_VERIFY",
-            "DELETE_OLD_VOLUME")
+COPY_ENV = ("COPY_IMAGE", "COPY_IMAGE_PULL_SECRETS", "COPY_AS_USER", "COPY_VERIFY")
+SNAPSHOT_ENV = ("SNAPSHOT_CLASS", "DELETE_SNAPSHOT")
+# Every variable of the data-keeping policies: the binary rejects each of them with data: delete.
+KEEP_ENV = COPY_ENV + SNAPSHOT_ENV + ("DELETE_OLD_VOLUME",)
 
 
 @check
@@ -464,12 +468,16 @@ def data_copy_renders_its_env_and_rules(h):
     # The defaults: data: delete, and none of the copy's variables (the binary rejects them).
     e = env_of(one(h.template(EXAMPLE), "Job"))
     expect_eq(e["DATA_POLICY"], "delete", "default DATA_POLICY")
-    expect_eq(sorted(set(COPY_ENV) & set(e)), [], "copy variables with data: delete")
-    # Even when the copy block is set: it applies only to data: copy.
+    expect_eq(sorted(set(KEEP_ENV) & set(e)), [], "data-keeping variables with data: delete")
+    # Even when the copy and snapshot blocks and deleteOldVolume are set: they apply only to
+    # the policies that keep the data.
     e = env_of(one(h.template(EXAMPLE, ["--set", "storageclassMigrate.copy.asUser=1000",
-                                        "--set", "storageclassMigrate.copy.deleteOldVolume=true"]),
+                                        "--set", "storageclassMigrate.snapshot.class=csi",
+                                        "--set", "storageclassMigrate.snapshot.deleteSnapshot=true",
+                                        "--set", "storageclassMigrate.deleteOldVolume=true"]),
                    "Job"))
-    expect_eq(sorted(set(COPY_ENV) & set(e)), [], "copy variables with data: delete and copy set")
+    expect_eq(sorted(set(KEEP_ENV) & set(e)), [],
+              "data-keeping variables with data: delete and their settings set")
 
     docs = h.template(EXAMPLE, ["--set", "storageclassMigrate.data=copy"])
     job = check_hook_structure(docs)
@@ -479,6 +487,7 @@ def data_copy_renders_its_env_and_rules(h):
     expect_eq((e["COPY_VERIFY"], e["DELETE_OLD_VOLUME"]), ("true", "false"), "copy defaults")
     expect("COPY_AS_USER" not in e, "no COPY_AS_USER by default (root with four capabilities)")
     expect("COPY_IMAGE_PULL_SECRETS" not in e, "no COPY_IMAGE_PULL_SECRETS without pull secrets")
+    expect_eq(sorted(set(SNAPSHOT_ENV) & set(e)), [], "snapshot variables with data: copy")
     check_rules(docs, data="copy", claims=["rel-data"])
     check_needs(granted_verbs(docs), needed_verbs(data="copy"), "data: copy")
     for verb, group, resource, name in copy_preflight_asks("rel-data"):
@@ -496,7 +505,9 @@ def data_copy_renders_its_env_and_rules(h):
         "--set", f"storageclassMigrate.image.digest={digest}",
         "--set", "storageclassMigrate.copy.asUser=1000",
         "--set", "storageclassMigrate.copy.verify=false",
-        "--set", "storageclassMigrate.copy.deleteOldVolume=true",
+        "--set", "storageclassMigrate.deleteOldVolume=true",
+        "--set", "storageclassMigrate.snapshot.class=csi",
+        "--set", "storageclassMigrate.snapshot.deleteSnapshot=true",
         "--set", "storageclassMigrate.imagePullSecrets[0]=regcred",
         "--set", "storageclassMigrate.imagePullSecrets[1].name=mirror"])
     job = one(docs, "Job")
@@ -507,7 +518,10 @@ def data_copy_renders_its_env_and_rules(h):
     expect_eq(e["COPY_IMAGE"], container(job)["image"], "COPY_IMAGE: the hook's own image")
     expect_eq((e["COPY_AS_USER"], e["COPY_VERIFY"], e["DELETE_OLD_VOLUME"]),
               ("1000", "false", "true"), "copy settings in env")
-    for name in COPY_ENV:
+    expect_eq(sorted(set(SNAPSHOT_ENV) & set(e)), [],
+              "snapshot variables with data: copy and the snapshot block set")
+    check_rules(docs, data="copy", claims=["rel-data"], delete_snapshot=True)
+    for name in COPY_ENV + ("DELETE_OLD_VOLUME",):
         expect(isinstance(e[name], str), f"env {name} must be a string, is {e[name]!r}")
 
     # A selector: the claim rules carry no names at all.
@@ -517,25 +531,135 @@ def data_copy_renders_its_env_and_rules(h):
 
 
 @check
-def data_copy_refuses_to_drop_the_old_volume(h):
-    message = ("data: copy keeps the old volume until the claim is bound to the verified copy, "
-               "so it cannot be combined with {0}, which would delete that volume; set {1} false")
-    for flags, conflict, unset in ((["stripAllFinalizers"], "stripAllFinalizers", "stripAllFinalizers"),
-                                   (["deleteRetainedPV"], "deleteRetainedPV", "deleteRetainedPV"),
-                                   (["stripAllFinalizers", "deleteRetainedPV"],
-                                    "stripAllFinalizers or deleteRetainedPV",
-                                    "stripAllFinalizers and deleteRetainedPV")):
-        args = ["--set", "storageclassMigrate.data=copy"]
-        for flag in flags:
-            args += ["--set", f"storageclassMigrate.{flag}=true"]
-        err = h.template_error(EXAMPLE, args)
-        text = message.format(conflict, unset)
-        expect(text in err, f"{' '.join(args)}: wanted {text!r}, got {err.strip()!r}")
-        expect(len(err) < 1000, f"error too long to read: {err!r}")
-    # The same through a call's settings, which bypass the schema.
-    err = render_calls_error(h, [{"claim": "data", "settings": {"data": "copy",
-                                                                "stripAllFinalizers": True}}])
-    expect(message.format("stripAllFinalizers", "stripAllFinalizers") in err, f"via settings: {err}")
+def data_snapshot_renders_its_env_and_rules(h):
+    docs = h.template(EXAMPLE, ["--set", "storageclassMigrate.data=snapshot"])
+    job = check_hook_structure(docs)
+    e = env_of(job)
+    expect_eq(e["DATA_POLICY"], "snapshot", "DATA_POLICY")
+    expect_eq((e["DELETE_SNAPSHOT"], e["DELETE_OLD_VOLUME"]), ("false", "false"),
+              "snapshot defaults: the snapshot and the old volume are kept")
+    expect("SNAPSHOT_CLASS" not in e, "no SNAPSHOT_CLASS by default (the driver's default class)")
+    expect_eq(sorted(set(COPY_ENV) & set(e)), [], "copy variables with data: snapshot")
+    check_rules(docs, data="snapshot", claims=["rel-data"])
+    check_needs(granted_verbs(docs), needed_verbs(data="snapshot"), "data: snapshot")
+    # No Job and no copy pod; the snapshot is kept, so not deleted.
+    granted = granted_verbs(docs)
+    for key, verb in ((("batch", "jobs"), "create"), (("", "pods"), "create"),
+                      (("snapshot.storage.k8s.io", "volumesnapshots"), "delete"),
+                      (("", "persistentvolumes"), "delete")):
+        expect(verb not in granted.get(key, set()), f"data: snapshot: {verb} {key} granted")
+
+    docs = h.template(EXAMPLE, [
+        "--set", "storageclassMigrate.data=snapshot",
+        "--set", "storageclassMigrate.snapshot.class=csi-hostpath.snapclass",
+        "--set", "storageclassMigrate.snapshot.deleteSnapshot=true",
+        "--set", "storageclassMigrate.deleteOldVolume=true",
+        "--set", "storageclassMigrate.copy.asUser=1000",
+        "--set", "storageclassMigrate.copy.verify=false"])
+    job = check_hook_structure(docs)
+    e = env_of(job)
+    expect_eq((e["SNAPSHOT_CLASS"], e["DELETE_SNAPSHOT"], e["DELETE_OLD_VOLUME"]),
+              ("csi-hostpath.snapclass", "true", "true"), "snapshot settings in env")
+    expect_eq(sorted(set(COPY_ENV) & set(e)), [],
+              "copy variables with data: snapshot and the copy block set")
+    for name in SNAPSHOT_ENV + ("DELETE_OLD_VOLUME",):
+        expect(isinstance(e[name], str), f"env {name} must be a string, is {e[name]!r}")
+    check_rules(docs, data="snapshot", claims=["rel-data"], delete_snapshot=True)
+    check_needs(granted_verbs(docs), needed_verbs(data="snapshot", delete_snapshot=True),
+                "data: snapshot, snapshot.deleteSnapshot")
+
+    # Through a call's settings, with a selector.
+    settings = {"data": "snapshot", "inUse": "fail",
+                "snapshot": {"class": "snap", "deleteSnapshot": True}}
+    docs = render_calls(h, [{"selector": "app=db", "storageClass": "fast", "settings": settings}])
+    e = env_of(one(docs, "Job"))
+    expect_eq((e["SNAPSHOT_CLASS"], e["DELETE_SNAPSHOT"]), ("snap", "true"), "settings in env")
+    check_rules(docs, in_use="fail", data="snapshot", selector="app=db", delete_snapshot=True)
+
+
+@check
+def data_auto_renders_the_env_and_rules_of_both(h):
+    docs = h.template(EXAMPLE, ["--set", "storageclassMigrate.data=auto"])
+    job = check_hook_structure(docs)
+    e = env_of(job)
+    expect_eq(e["DATA_POLICY"], "auto", "DATA_POLICY")
+    expect_eq(e["COPY_IMAGE"], container(job)["image"], "COPY_IMAGE: the hook's own image")
+    expect_eq((e["COPY_VERIFY"], e["DELETE_SNAPSHOT"], e["DELETE_OLD_VOLUME"]),
+              ("true", "false", "false"), "auto defaults")
+    expect("SNAPSHOT_CLASS" not in e and "COPY_AS_USER" not in e,
+           "no SNAPSHOT_CLASS or COPY_AS_USER by default")
+    check_rules(docs, data="auto", claims=["rel-data"])
+    check_needs(granted_verbs(docs), needed_verbs(data="auto"), "data: auto")
+    # auto may copy: the copy's pre-flight must pass.
+    for verb, group, resource, name in copy_preflight_asks("rel-data"):
+        expect(allowed(docs, verb, group, resource, name),
+               f"data: auto: {verb} {group or 'core'}/{resource} {name or ''} not allowed; "
+               "the copy's pre-flight asks for it")
+
+    docs = h.template(EXAMPLE, [
+        "--set", "storageclassMigrate.data=auto",
+        "--set", "storageclassMigrate.snapshot.class=snap",
+        "--set", "storageclassMigrate.snapshot.deleteSnapshot=true",
+        "--set", "storageclassMigrate.copy.asUser=1000",
+        "--set", "storageclassMigrate.deleteOldVolume=true",
+        "--set", "storageclassMigrate.imagePullSecrets[0]=regcred"])
+    e = env_of(one(docs, "Job"))
+    expect_eq({k: e.get(k) for k in KEEP_ENV}, {
+        "COPY_IMAGE": "storageclass-migrate:0.1.0", "COPY_IMAGE_PULL_SECRETS": "regcred",
+        "COPY_AS_USER": "1000", "COPY_VERIFY": "true", "SNAPSHOT_CLASS": "snap",
+        "DELETE_SNAPSHOT": "true", "DELETE_OLD_VOLUME": "true"}, "auto settings in env")
+    check_rules(docs, data="auto", claims=["rel-data"], delete_snapshot=True)
+    check_needs(granted_verbs(docs), needed_verbs(data="auto", delete_snapshot=True),
+                "data: auto, snapshot.deleteSnapshot")
+
+
+@check
+def keeping_the_data_refuses_to_drop_the_old_volume(h):
+    message = ("data: copy, snapshot and auto keep the old volume until the claim is bound to a "
+               "new volume holding its data, so data: {0} cannot be combined with {1}, which would "
+               "delete that volume; set {2} false (deleteOldVolume lets the old volume go")
+    for data in KEEP_DATA:
+        for flags, conflict, unset in (
+                (["stripAllFinalizers"], "stripAllFinalizers", "stripAllFinalizers"),
+                (["deleteRetainedPV"], "deleteRetainedPV", "deleteRetainedPV"),
+                (["stripAllFinalizers", "deleteRetainedPV"],
+                 "stripAllFinalizers or deleteRetainedPV", "stripAllFinalizers and deleteRetainedPV")):
+            args = ["--set", f"storageclassMigrate.data={data}"]
+            for flag in flags:
+                args += ["--set", f"storageclassMigrate.{flag}=true"]
+            err = h.template_error(EXAMPLE, args)
+            text = message.format(data, conflict, unset)
+            expect(text in err, f"{' '.join(args)}: wanted {text!r}, got {err.strip()!r}")
+            expect(len(err) < 1000, f"error too long to read: {err!r}")
+        # The same through a call's settings, which bypass the schema.
+        err = render_calls_error(h, [{"claim": "data", "settings": {"data": data,
+                                                                    "stripAllFinalizers": True}}])
+        text = message.format(data, "stripAllFinalizers", "stripAllFinalizers")
+        expect(text in err, f"data: {data} via settings: {err}")
+
+
+@check
+def copy_delete_old_volume_has_moved(h):
+    text = ("copy.deleteOldVolume has moved to deleteOldVolume, which applies to data: copy, "
+            "snapshot and auto alike; set deleteOldVolume: {0} instead and remove "
+            "copy.deleteOldVolume")
+    for data in ("delete",) + KEEP_DATA:
+        for value in ("true", "false"):
+            args = ["--set", f"storageclassMigrate.data={data}",
+                    "--set", f"storageclassMigrate.copy.deleteOldVolume={value}"]
+            err = h.template_error(EXAMPLE, args)
+            expect(text.format(value) in err, f"{' '.join(args)}: wanted {text.format(value)!r}, "
+                                              f"got {err.strip()!r}")
+            expect(len(err) < 1000, f"error too long to read: {err!r}")
+    err = render_calls_error(h, [{"claim": "data", "settings": {
+        "data": "copy", "copy": {"deleteOldVolume": True}}}])
+    expect(text.format("true") in err, f"via settings: {err}")
+    # The new place works for every policy that keeps the data.
+    for data in KEEP_DATA:
+        e = env_of(one(h.template(EXAMPLE, ["--set", f"storageclassMigrate.data={data}",
+                                            "--set", "storageclassMigrate.deleteOldVolume=true"]),
+                       "Job"))
+        expect_eq(e.get("DELETE_OLD_VOLUME"), "true", f"DELETE_OLD_VOLUME with data: {data}")
 
 
 @check
@@ -701,7 +825,7 @@ REJECTED = [
     (["--set", "storageclassMigrate.image.digest=latest"], "at '/image/digest'"),
     (["--set", "storageclassMigrate.runAsUser=0"], "at '/runAsUser'"),
     (["--set", "storageclassMigrate.data=keep"],
-     "at '/data': value must be one of 'delete', 'copy'"),
+     "at '/data': value must be one of 'delete', 'copy', 'snapshot', 'auto'"),
     (["--set", "storageclassMigrate.copy.asUser=0"], "at '/copy/asUser'"),
     (["--set", "storageclassMigrate.copy.asUser=1.5"], "at '/copy/asUser'"),
     (["--set-string", "storageclassMigrate.copy.verify=yes"],
@@ -709,8 +833,26 @@ REJECTED = [
     (["--set", "storageclassMigrate.copy.deleteOldvolume=true"],
      "additional properties 'deleteOldvolume' not allowed"),
     (["--set", "storageclassMigrate.data=copy", "--set", "storageclassMigrate.stripAllFinalizers=true"],
-     "data: copy keeps the old volume until the claim is bound to the verified copy, so it cannot "
-     "be combined with stripAllFinalizers"),
+     "data: copy, snapshot and auto keep the old volume until the claim is bound to a new volume "
+     "holding its data, so data: copy cannot be combined with stripAllFinalizers"),
+    (["--set", "storageclassMigrate.data=snapshot",
+      "--set", "storageclassMigrate.deleteRetainedPV=true"],
+     "so data: snapshot cannot be combined with deleteRetainedPV"),
+    (["--set", "storageclassMigrate.copy.deleteOldVolume=true"],
+     "copy.deleteOldVolume has moved to deleteOldVolume"),
+    (["--set-string", "storageclassMigrate.deleteOldVolume=yes"],
+     "at '/deleteOldVolume': got string, want boolean"),
+    (["--set", "storageclassMigrate.snapshot.class=Fast_Snapshots"],
+     "at '/snapshot/class': 'Fast_Snapshots' does not match pattern"),
+    (["--set", "storageclassMigrate.snapshot.class=a..b"], "at '/snapshot/class'"),
+    (["--set", "storageclassMigrate.snapshot.class="], "at '/snapshot/class': '' does not match"),
+    (["--set", "storageclassMigrate.snapshot.class=" + "a" * 254],
+     "at '/snapshot/class': maxLength: got 254, want 253"),
+    (["--set", "storageclassMigrate.snapshot.class=5"], "at '/snapshot/class': got number"),
+    (["--set-string", "storageclassMigrate.snapshot.deleteSnapshot=yes"],
+     "at '/snapshot/deleteSnapshot': got string, want boolean"),
+    (["--set", "storageclassMigrate.snapshot.deleteSnapshots=true"],
+     "additional properties 'deleteSnapshots' not allowed"),
     (["--set", "storageclassMigrate.timeout=2m"],
      "the run's deadline, activeDeadlineSeconds (240) minus 15s for the pod's start and the "
      "report, must exceed twice the timeout (2m: one wait for the claim, one for its volume); "
@@ -747,7 +889,13 @@ def lint_passes_with_value_sets(h):
                  ["--set", "storageclassMigrate.allowMigration=false"],
                  ["--set", "storageclassMigrate.data=copy"],
                  ["--set", "storageclassMigrate.data=copy",
-                  "--set", "storageclassMigrate.copy.asUser=1000"]):
+                  "--set", "storageclassMigrate.copy.asUser=1000"],
+                 ["--set", "storageclassMigrate.data=snapshot"],
+                 ["--set", "storageclassMigrate.data=snapshot",
+                  "--set", "storageclassMigrate.snapshot.class=snap",
+                  "--set", "storageclassMigrate.snapshot.deleteSnapshot=true",
+                  "--set", "storageclassMigrate.deleteOldVolume=true"],
+                 ["--set", "storageclassMigrate.data=auto"]):
         result = h.run(["lint", "--strict", EXAMPLE] + args)
         expect(result.returncode == 0, f"helm lint --strict {args}: {result.stdout}{result.stderr}")
     result = h.run(["lint", "--strict", EXAMPLE, "--set", "storageclassMigrate.inUse=bogus"])
@@ -841,7 +989,7 @@ def selector_has_no_resource_names(h):
 
 @check
 def statefulset_renders_its_env_and_rules(h):
-    for data in ("delete", "copy"):
+    for data in ("delete",) + KEEP_DATA:
         docs = render_calls(h, [{"statefulSet": "db", "template": "data", "storageClass": "fast",
                                  "settings": {"data": data}}])
         job = check_hook_structure(docs)
@@ -938,7 +1086,24 @@ BAD_CALLS = [
     ({"claim": "data", "settings": {"timeout": "-5s"}}, "timeout must be a positive duration"),
     ({"claim": "data", "settings": {"timeout": -5}}, "timeout must be positive"),
     ({"claim": "data", "settings": {"dryRun": "true"}}, "dryRun must be true or false"),
-    ({"claim": "data", "settings": {"data": "keep"}}, "data must be delete or copy; got keep"),
+    ({"claim": "data", "settings": {"data": "keep"}},
+     "data must be delete, copy, snapshot or auto; got keep"),
+    ({"claim": "data", "settings": {"data": "snapshot", "snapshot": {"class": "Fast_Snapshots"}}},
+     "snapshot.class must name a VolumeSnapshotClass (lowercase letters, digits, '-' and '.', at "
+     "most 253 characters), or be null for the default class of the volume's driver; got "
+     "Fast_Snapshots"),
+    ({"claim": "data", "settings": {"data": "auto", "snapshot": {"class": ""}}},
+     "snapshot.class must name a VolumeSnapshotClass"),
+    ({"claim": "data", "settings": {"data": "auto", "snapshot": {"class": 5}}},
+     "snapshot.class must name a VolumeSnapshotClass"),
+    ({"claim": "data", "settings": {"data": "snapshot", "snapshot": {"deleteSnapshot": "yes"}}},
+     "snapshot.deleteSnapshot must be true or false"),
+    ({"claim": "data", "settings": {"data": "snapshot", "snapshot": "csi"}},
+     "snapshot must be a map (class, deleteSnapshot)"),
+    ({"claim": "data", "settings": {"data": "auto", "deleteOldVolume": "yes"}},
+     "deleteOldVolume must be true or false"),
+    ({"claim": "data", "settings": {"data": "auto", "copy": {"verify": "yes"}}},
+     "copy.verify must be true or false"),
     ({"claim": "data", "settings": {"data": "copy", "deleteRetainedPV": True}},
      "cannot be combined with deleteRetainedPV"),
     ({"claim": "data", "settings": {"data": "copy", "copy": {"asUser": 0}}},
@@ -962,53 +1127,68 @@ def bad_calls_are_rejected_clearly(h):
         expect(text in err, f"{call}: wanted an error containing {text!r}, got {err.strip()!r}")
 
 
-# Every setting the templates render: data: copy excludes deleteRetainedPV and stripAllFinalizers.
-SETTINGS = [(in_use, retained, strip, data) for in_use in ("evict", "force", "fail")
-            for retained in (False, True) for strip in (False, True) for data in ("delete", "copy")
+# Every setting the templates render: the policies that keep the data exclude deleteRetainedPV
+# and stripAllFinalizers; snapshot.deleteSnapshot is tried with the policies that snapshot.
+# (inUse, deleteRetainedPV, stripAllFinalizers, data, snapshot.deleteSnapshot)
+SETTINGS = [(in_use, retained, strip, data, delete_snapshot)
+            for in_use in ("evict", "force", "fail")
+            for retained in (False, True) for strip in (False, True)
+            for data in ("delete",) + KEEP_DATA
+            for delete_snapshot in ((False, True) if data in SNAPSHOTS else (False,))
             if data == "delete" or not (retained or strip)]
+
+
+def setting_values(in_use, retained, strip, data, delete_snapshot):
+    values = {"inUse": in_use, "deleteRetainedPV": retained, "stripAllFinalizers": strip,
+              "data": data}
+    if delete_snapshot:
+        values["snapshot"] = {"class": None, "deleteSnapshot": True}
+    return values
 
 
 @check
 def rules_match_json_for_every_setting(h):
     n = 0
-    for in_use, retained, strip, data in SETTINGS:
+    for in_use, retained, strip, data, delete_snapshot in SETTINGS:
         for call in ({"claims": ["data", "logs"]}, {"selector": "app=db"},
                      {"statefulSet": "db", "template": "data"}):
-            settings = {"inUse": in_use, "deleteRetainedPV": retained,
-                        "stripAllFinalizers": strip, "data": data}
+            settings = setting_values(in_use, retained, strip, data, delete_snapshot)
             docs = render_calls(h, [dict(call, settings=settings)], namespace="ns-x")
             check_rules(docs, in_use=in_use, retained=retained, strip=strip, data=data,
                         claims=call.get("claims"), selector=call.get("selector", ""),
-                        namespace="ns-x", statefulset=call.get("statefulSet"))
+                        namespace="ns-x", statefulset=call.get("statefulSet"),
+                        delete_snapshot=delete_snapshot)
             check_needs(granted_verbs(docs),
-                        needed_verbs(in_use, retained, strip, data, "statefulSet" in call),
+                        needed_verbs(in_use, retained, strip, data, "statefulSet" in call,
+                                     delete_snapshot),
                         f"{settings}")
-            if data == "copy":
+            if data in COPIES:
                 for claim in call.get("claims", ["any"]):
                     for verb, group, resource, name in copy_preflight_asks(claim):
                         expect(allowed(docs, verb, group, resource, name),
                                f"{settings}: {verb} {group or 'core'}/{resource} {name or ''} "
                                "not allowed; the pre-flight asks for it")
             n += 1
-    expect_eq(n, 45, "combinations (24 with data: delete, 6 with data: copy; claims, selector, StatefulSet)")
+    expect_eq(n, 81, "combinations (12 settings with data: delete, 3 with copy, 6 each with "
+                     "snapshot and auto; each with claims, a selector and a StatefulSet)")
 
 
 @check
 def settings_get_no_verb_they_do_not_need(h):
     """For each setting, every verb some other setting needs, and this one does not, is absent."""
     every = {}
-    for setting in SETTINGS:
-        for key, verbs in needed_verbs(*setting).items():
+    for in_use, retained, strip, data, delete_snapshot in SETTINGS:
+        need = needed_verbs(in_use, retained, strip, data, delete_snapshot=delete_snapshot)
+        for key, verbs in need.items():
             every.setdefault(key, set()).update(verbs)
     n = 0
-    for in_use, retained, strip, data in SETTINGS:
-        docs = render_calls(h, [{"claim": "data", "settings": {
-            "inUse": in_use, "deleteRetainedPV": retained, "stripAllFinalizers": strip,
-            "data": data}}])
+    for in_use, retained, strip, data, delete_snapshot in SETTINGS:
+        docs = render_calls(h, [{"claim": "data", "settings": setting_values(
+            in_use, retained, strip, data, delete_snapshot)}])
         granted = granted_verbs(docs)
-        need = needed_verbs(in_use, retained, strip, data)
+        need = needed_verbs(in_use, retained, strip, data, delete_snapshot=delete_snapshot)
         what = (f"inUse={in_use} deleteRetainedPV={retained} stripAllFinalizers={strip} "
-                f"data={data}")
+                f"data={data} snapshot.deleteSnapshot={delete_snapshot}")
         for (group, resource), verbs in sorted(every.items()):
             for verb in sorted(verbs - need.get((group, resource), set())):
                 expect(verb not in granted.get((group, resource), set()),
@@ -1026,13 +1206,20 @@ def settings_get_no_verb_they_do_not_need(h):
                       (("policy", "poddisruptionbudgets"), "list"),
                       (("storage.k8s.io", "storageclasses"), "list"),
                       (("", "persistentvolumeclaims"), "create"), (("", "pods"), "create"),
-                      (("batch", "jobs"), "create"), (("batch", "jobs"), "delete")):
+                      (("batch", "jobs"), "create"), (("batch", "jobs"), "delete"),
+                      (("snapshot.storage.k8s.io", "volumesnapshots"), "create"),
+                      (("snapshot.storage.k8s.io", "volumesnapshotclasses"), "list")):
         expect(verb not in granted.get(key, set()), f"inUse=fail: {verb} {key} granted")
-    # data: copy never deletes a volume, and never patches the claim (inUse force aside).
-    granted = granted_verbs(render_calls(h, [{"claim": "data", "settings": {
-        "inUse": "fail", "data": "copy"}}]))
-    for key, verb in ((("", "persistentvolumeclaims"), "patch"), (("", "persistentvolumes"), "delete")):
-        expect(verb not in granted.get(key, set()), f"inUse=fail data=copy: {verb} {key} granted")
+    # Keeping the data never deletes a volume, and never patches the claim (inUse force aside);
+    # a snapshot is deleted only with snapshot.deleteSnapshot.
+    for data in KEEP_DATA:
+        granted = granted_verbs(render_calls(h, [{"claim": "data", "settings": {
+            "inUse": "fail", "data": data}}]))
+        for key, verb in ((("", "persistentvolumeclaims"), "patch"),
+                          (("", "persistentvolumes"), "delete"),
+                          (("snapshot.storage.k8s.io", "volumesnapshots"), "delete")):
+            expect(verb not in granted.get(key, set()),
+                   f"inUse=fail data={data}: {verb} {key} granted")
 
 
 def run_checks(h, label, only=None):
@@ -1062,7 +1249,11 @@ def same_rendering(h3, h4):
                       "--set", "storageclassMigrate.deleteRetainedPV=true"],
                  ["--set", "storageclassMigrate.allowMigration=false"],
                  ["--set", "storageclassMigrate.data=copy",
-                  "--set", "storageclassMigrate.copy.asUser=1000"]):
+                  "--set", "storageclassMigrate.copy.asUser=1000"],
+                 ["--set", "storageclassMigrate.data=auto",
+                  "--set", "storageclassMigrate.snapshot.class=snap",
+                  "--set", "storageclassMigrate.snapshot.deleteSnapshot=true",
+                  "--set", "storageclassMigrate.deleteOldVolume=true"]):
         name = f"helm4: same objects as helm 3 for {args or 'defaults'}"
         try:
             expect_eq(h4.template(EXAMPLE, args), h3.template(EXAMPLE, args), "objects")
@@ -1092,7 +1283,8 @@ def main():
             "defaults", "toggle_off_renders_no_hook", "bad_values_are_rejected_clearly",
             "lint_passes_with_value_sets", "two_calls_with_per_call_settings", "both_schemas_apply",
             "bad_calls_are_rejected_clearly", "data_copy_renders_its_env_and_rules",
-            "data_copy_refuses_to_drop_the_old_volume"})
+            "data_snapshot_renders_its_env_and_rules", "data_auto_renders_the_env_and_rules_of_both",
+            "keeping_the_data_refuses_to_drop_the_old_volume", "copy_delete_old_volume_has_moved"})
         passed, failed = passed + p, failed + f
         p, f = same_rendering(h3, h4)
         passed, failed = passed + p, failed + f

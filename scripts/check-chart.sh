@@ -7,8 +7,9 @@
 #      both charts;
 #   4. render tests (scripts/chart_checks.py): hook annotations and weights, RBAC rules against
 #      rbac-rules.json and against what the binary sends, for every setting (verbs a setting does
-#      not need are absent), data: copy (its env, its rules against what the pre-flight asks, its
-#      refusal of stripAllFinalizers and deleteRetainedPV), the toggle, the schema's and templates'
+#      not need are absent), data: copy, snapshot and auto (their env, the copy's rules against
+#      what its pre-flight asks, their refusal of stripAllFinalizers and deleteRetainedPV, the
+#      refusal of the moved copy.deleteOldVolume), the toggle, the schema's and templates'
 #      messages for bad values, env (RELEASE_NAME, DEADLINE), the deadline check,
 #      securityContext, podFailurePolicy and backoffLimit, names; with helm 4 as well;
 #   5. shellcheck of every shell script under scripts/ and .ci/;
@@ -98,7 +99,8 @@ k label namespace "$namespace" pod-security.kubernetes.io/enforce=restricted \
   pod-security.kubernetes.io/warn=restricted >&2
 for args in "" "--set storageclassMigrate.deleteRetainedPV=true --set storageclassMigrate.inUse=force" \
   "--set persistence.storageClass=- --set storageclassMigrate.stripAllFinalizers=true --set workload.enabled=true" \
-  "--set storageclassMigrate.data=copy --set storageclassMigrate.copy.asUser=1000"; do
+  "--set storageclassMigrate.data=copy --set storageclassMigrate.copy.asUser=1000" \
+  "--set storageclassMigrate.data=auto --set storageclassMigrate.copy.asUser=1000 --set storageclassMigrate.snapshot.class=csi --set storageclassMigrate.snapshot.deleteSnapshot=true"; do
   rendered="$work/server-dry-run.yaml"
   # shellcheck disable=SC2086 # $args is a list of words
   "$helm" template rel examples/app --namespace "$namespace" $args \

@@ -223,14 +223,18 @@ got, even when the cluster's default class changes. To move claims to the defaul
 {{- end -}}
 {{- $_ = set $out "timeout" $timeout -}}
 {{- /*
-The data. copy keeps the old volume (Retain) until the claim is bound to the verified copy, which
-stripAllFinalizers (the hook deletes the volume) and deleteRetainedPV (its provisioner does) would
-undo; the binary refuses the combination too, but only once the Job runs.
+The data. copy, snapshot and auto keep the old volume (Retain) until the claim is bound to a new
+volume holding its data, which stripAllFinalizers (the hook deletes the volume) and
+deleteRetainedPV (its provisioner does) would undo; the binary refuses the combination too, but
+only once the Job runs. copy's settings apply to copy and auto, snapshot's to snapshot and auto.
 */ -}}
-{{- if not (has $s.data (list "delete" "copy")) -}}
-{{- fail (printf "%s: data must be delete or copy; got %v" $p $s.data) -}}
+{{- if not (has $s.data (list "delete" "copy" "snapshot" "auto")) -}}
+{{- fail (printf "%s: data must be delete, copy, snapshot or auto; got %v" $p $s.data) -}}
 {{- end -}}
-{{- if eq $s.data "copy" -}}
+{{- if and (kindIs "map" $s.copy) (hasKey $s.copy "deleteOldVolume") -}}
+{{- fail (printf "%s: copy.deleteOldVolume has moved to deleteOldVolume, which applies to data: copy, snapshot and auto alike; set deleteOldVolume: %v instead and remove copy.deleteOldVolume" $p (index $s.copy "deleteOldVolume")) -}}
+{{- end -}}
+{{- if ne $s.data "delete" -}}
 {{- $conflicts := list -}}
 {{- if $s.stripAllFinalizers -}}
 {{- $conflicts = append $conflicts "stripAllFinalizers" -}}
@@ -239,21 +243,38 @@ undo; the binary refuses the combination too, but only once the Job runs.
 {{- $conflicts = append $conflicts "deleteRetainedPV" -}}
 {{- end -}}
 {{- if $conflicts -}}
-{{- fail (printf "%s: data: copy keeps the old volume until the claim is bound to the verified copy, so it cannot be combined with %s, which would delete that volume; set %s false (copy.deleteOldVolume lets the old volume go once the copy is in place)" $p (join " or " $conflicts) (join " and " $conflicts)) -}}
+{{- fail (printf "%s: data: copy, snapshot and auto keep the old volume until the claim is bound to a new volume holding its data, so data: %s cannot be combined with %s, which would delete that volume; set %s false (deleteOldVolume lets the old volume go once the claim is bound to the new volume)" $p $s.data (join " or " $conflicts) (join " and " $conflicts)) -}}
 {{- end -}}
+{{- if not (kindIs "bool" (get $s "deleteOldVolume")) -}}
+{{- fail (printf "%s: deleteOldVolume must be true or false, got %v (%s)" $p (get $s "deleteOldVolume") (kindOf (get $s "deleteOldVolume"))) -}}
+{{- end -}}
+{{- end -}}
+{{- if has $s.data (list "copy" "auto") -}}
 {{- if not (kindIs "map" $s.copy) -}}
-{{- fail (printf "%s: copy must be a map (asUser, verify, deleteOldVolume); got %v" $p $s.copy) -}}
+{{- fail (printf "%s: copy must be a map (asUser, verify); got %v" $p $s.copy) -}}
 {{- end -}}
-{{- range $key := list "verify" "deleteOldVolume" -}}
-{{- if not (kindIs "bool" (get $s.copy $key)) -}}
-{{- fail (printf "%s: copy.%s must be true or false, got %v (%s)" $p $key (get $s.copy $key) (kindOf (get $s.copy $key))) -}}
-{{- end -}}
+{{- if not (kindIs "bool" (get $s.copy "verify")) -}}
+{{- fail (printf "%s: copy.verify must be true or false, got %v (%s)" $p (get $s.copy "verify") (kindOf (get $s.copy "verify"))) -}}
 {{- end -}}
 {{- /* index, not get: a null that helm dropped from the values reads as null, not "". */ -}}
 {{- $asUser := index $s.copy "asUser" -}}
 {{- if not (kindIs "invalid" $asUser) -}}
 {{- if not (and (include "storageclass-migrate.isNumber" $asUser) (eq (float64 (int64 $asUser)) (float64 $asUser)) (ge (int64 $asUser) 1) (le (int64 $asUser) 2147483647)) -}}
 {{- fail (printf "%s: copy.asUser must be a uid from 1 to 2147483647, or null (root with CHOWN, DAC_OVERRIDE, FOWNER and FSETID); got %v" $p $asUser) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if has $s.data (list "snapshot" "auto") -}}
+{{- if not (kindIs "map" $s.snapshot) -}}
+{{- fail (printf "%s: snapshot must be a map (class, deleteSnapshot); got %v" $p $s.snapshot) -}}
+{{- end -}}
+{{- if not (kindIs "bool" (get $s.snapshot "deleteSnapshot")) -}}
+{{- fail (printf "%s: snapshot.deleteSnapshot must be true or false, got %v (%s)" $p (get $s.snapshot "deleteSnapshot") (kindOf (get $s.snapshot "deleteSnapshot"))) -}}
+{{- end -}}
+{{- $snapshotClass := index $s.snapshot "class" -}}
+{{- if not (kindIs "invalid" $snapshotClass) -}}
+{{- if not (and (kindIs "string" $snapshotClass) (regexMatch (include "storageclass-migrate.dnsSubdomainPattern" dict) $snapshotClass) (le (len $snapshotClass) 253)) -}}
+{{- fail (printf "%s: snapshot.class must name a VolumeSnapshotClass (lowercase letters, digits, '-' and '.', at most 253 characters), or be null for the default class of the volume's driver; got %v" $p $snapshotClass) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

@@ -2,8 +2,9 @@
 storageclass-migrate.hook renders a pre-install/pre-upgrade hook that deletes the chart's
 PersistentVolumeClaim(s) whose storage class differs from the one the chart now asks for, so that
 the same upgrade recreates them with the new class (with the setting data: copy, the hook copies
-the data to a volume of the new class and makes the claim again, bound to it). See the library's
-README.md.
+the data to a volume of the new class and makes the claim again, bound to it; with data: snapshot,
+it makes the claim again on the new class from a VolumeSnapshot of the old volume; data: auto
+snapshots where it can and copies elsewhere). See the library's README.md.
 
   {{ include "storageclass-migrate.hook" (dict
        "claim" "data"                                   the claim's name; or
@@ -235,7 +236,7 @@ spec:
               value: {{ $s.stripAllFinalizers | toString | quote }}
             - name: DATA_POLICY
               value: {{ $s.data | quote }}
-            {{- if eq $s.data "copy" }}
+            {{- if has $s.data (list "copy" "auto") }}
             - name: COPY_IMAGE
               value: {{ .image | quote }}
             {{- with .imagePullSecrets }}
@@ -248,8 +249,18 @@ spec:
             {{- end }}
             - name: COPY_VERIFY
               value: {{ $s.copy.verify | toString | quote }}
+            {{- end }}
+            {{- if has $s.data (list "snapshot" "auto") }}
+            {{- if not (kindIs "invalid" (index $s.snapshot "class")) }}
+            - name: SNAPSHOT_CLASS
+              value: {{ index $s.snapshot "class" | quote }}
+            {{- end }}
+            - name: DELETE_SNAPSHOT
+              value: {{ $s.snapshot.deleteSnapshot | toString | quote }}
+            {{- end }}
+            {{- if has $s.data (list "copy" "snapshot" "auto") }}
             - name: DELETE_OLD_VOLUME
-              value: {{ $s.copy.deleteOldVolume | toString | quote }}
+              value: {{ $s.deleteOldVolume | toString | quote }}
             {{- end }}
             - name: DRY_RUN
               value: {{ $s.dryRun | toString | quote }}
