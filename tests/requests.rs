@@ -966,3 +966,78 @@ async fn a_wait_that_would_be_forbidden_stops_the_run_before_any_change() {
         "{error}"
     );
 }
+
+const SNAPSHOT_CLASSES: &str = "/apis/snapshot.storage.k8s.io/v1/volumesnapshotclasses?&limit=500";
+
+/// Claim `data` on class A with a size, bound to pv-1, a CSI volume of `driver`.
+fn csi_scene(driver: &str) -> [Expect; 2] {
+    let mut claim = claim("a", Some("pv-1"), &[]);
+    claim["spec"]["resources"] = json!({"requests": {"storage": "1Gi"}});
+    let mut pv = volume("Delete", &[]);
+    pv["spec"]["csi"] = json!({"driver": driver, "volumeHandle": "h-1"});
+    [
+        expect("GET", CLAIM, 200, claim),
+        expect("GET", VOLUME, 200, pv),
+    ]
+}
+
+/// `--data snapshot` reads the snapshot classes once, after the volume, and a snapshot that
+/// cannot work (here: class B provisions with another driver) is refused with no write sent.
+#[tokio::test]
+async fn a_snapshot_across_drivers_is_refused_after_one_list_of_snapshot_classes() {
+    let [claim, volume] = csi_scene("other.example.com");
+    let snapshot_class = json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+        "metadata": {"name": "snaps", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
+        "driver": "other.example.com", "deletionPolicy": "Delete",
+    });
+    let outcomes = run_against(
+        &["--storage-class", "b", "--data", "snapshot"],
+        vec![
+            claim,
+            class_b(),
+            class_a(),
+            volume,
+            expect(
+                "GET",
+                SNAPSHOT_CLASSES,
+                200,
+                list("VolumeSnapshotClassList", vec![snapshot_class]),
+            ),
+            pods(vec![]),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    let line = line(&outcomes);
+    assert!(
+        line.contains("restored only by the driver that took it")
+            && line.contains("DATA_POLICY=copy"),
+        "{line}"
+    );
+}
+
+/// A cluster without the snapshot API (the CRDs' list is 404) refuses `--data snapshot`, saying
+/// so, with no write sent.
+#[tokio::test]
+async fn without_the_snapshot_api_a_snapshot_is_refused() {
+    let [claim, volume] = csi_scene("example.com/none");
+    let outcomes = run_against(
+        &["--storage-class", "b", "--data", "snapshot"],
+        vec![
+            claim,
+            class_b(),
+            class_a(),
+            volume,
+            expect("GET", SNAPSHOT_CLASSES, 404, status(404, "NotFound")),
+            pods(vec![]),
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0].status, ExitStatus::Refused);
+    assert!(
+        line(&outcomes).contains("serves no VolumeSnapshot API"),
+        "{}",
+        line(&outcomes)
+    );
+}

@@ -25,6 +25,14 @@ const FORBIDDEN: &str = "updates to statefulset spec for fields other than 'repl
 const IMMUTABLE: &str = "spec.volumeClaimTemplates: Invalid value";
 
 /// A StatefulSet `db` whose claims and pods are in place, with the hook's account.
+/// Classes A and B provisioned by the controller manager's host-path provisioner.
+fn host_path_classes() -> (Class, Class) {
+    (
+        Class::new("a").host_path_provisioner(),
+        Class::new("b").host_path_provisioner(),
+    )
+}
+
 struct Scene {
     c: Cluster,
     set: Sts,
@@ -37,12 +45,16 @@ impl Scene {
     /// Classes A and B (host-path provisioned), the binder and the stand-in kubelet; nothing
     /// else yet.
     async fn bare(prefix: &str, when: &[&str]) -> (Cluster, ServiceAccountAccess, PodBinder) {
-        let c = Cluster::with_classes(
-            prefix,
-            Class::new("a").host_path_provisioner(),
-            Class::new("b").host_path_provisioner(),
-        )
-        .await;
+        Self::bare_with(prefix, host_path_classes(), when).await
+    }
+
+    /// As [`Scene::bare`], with these classes A and B.
+    async fn bare_with(
+        prefix: &str,
+        (a, b): (Class, Class),
+        when: &[&str],
+    ) -> (Cluster, ServiceAccountAccess, PodBinder) {
+        let c = Cluster::with_classes(prefix, a, b).await;
         let account = Account::new("hook")
             .chart_statefulset(SET, c.name(), when, None)
             .create(&c)
@@ -59,7 +71,18 @@ impl Scene {
         when: &[&str],
         make: impl FnOnce(&Cluster) -> Sts,
     ) -> Scene {
-        let (c, account, binder) = Self::bare(prefix, when).await;
+        Self::with_classes(prefix, host_path_classes(), replicas, when, make).await
+    }
+
+    /// As [`Scene::with`], with these classes A and B.
+    async fn with_classes(
+        prefix: &str,
+        classes: (Class, Class),
+        replicas: i32,
+        when: &[&str],
+        make: impl FnOnce(&Cluster) -> Sts,
+    ) -> Scene {
+        let (c, account, binder) = Self::bare_with(prefix, classes, when).await;
         let kubelet = KubeletStandIn::start(c.name());
         let set = make(&c);
         set.create(&c).await;
@@ -567,6 +590,58 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
         assert_eq!((meta.uid(), meta.gid()), (1000 + n as u32, 2000));
     }
+}
+
+/// `--data snapshot` with both classes on one CSI driver: each claim is made again on B from a
+/// snapshot of its volume, and keeps its file; no volume is leaked.
+#[tokio::test]
+async fn snapshot_keeps_each_claims_file_on_the_new_class() {
+    if !testkit::files::is_root() {
+        eprintln!("skipped: the files have owners other than root, which needs root");
+        return;
+    }
+    use testkit::csi::{DRIVER_A, assert_no_leak};
+    let s = Scene::with_classes(
+        "sts-snap",
+        (
+            Class::new("a").csi(DRIVER_A),
+            Class::new("b").csi(DRIVER_A).parameter("tier", "fast"),
+        ),
+        3,
+        &["always", "inUseEvict", "keepData", "dataSnapshot"],
+        |c| Sts::new(SET).class(&c.a),
+    )
+    .await;
+    let set = &s.set;
+    for n in 0..3 {
+        let dir = claim_dir(&s.c, &set.claim(n)).await;
+        let file = dir.join("ordinal");
+        std::fs::write(&file, format!("db-{n}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(&file, Some(1000 + n as u32), Some(2000)).unwrap();
+    }
+
+    let run = s.migrate(&[("DATA_POLICY", "snapshot")]).await;
+    run.expect_status(0);
+    let (set_outcome, claims) = split(&run);
+    assert_eq!(set_outcome.result, "migrated", "{run}");
+    assert_eq!(claims.len(), 3, "{run}");
+    for (name, o) in &claims {
+        assert!(o.has_done("snapshot-taken"), "{name}\n{run}");
+        assert!(o.has_done("claim-recreated"), "{name}\n{run}");
+        assert!(o.has_left("snapshot-kept"), "{name}\n{run}");
+    }
+    let claims = s.recreate_on_b(3).await;
+    for (n, claim) in claims.iter().enumerate() {
+        let dir = claim_dir(&s.c, &claim.name_any()).await;
+        let file = dir.join("ordinal");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text, format!("db-{n}\n"), "{}", claim.name_any());
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!((meta.uid(), meta.gid()), (1000 + n as u32, 2000));
+    }
+    assert_no_leak(&s.c).await;
 }
 
 /// A release of examples/statefulset installed with 4 replicas on class A (both classes
