@@ -797,7 +797,6 @@ helm_3_and_4!(script_provisioner_finalizer_fails_after_60s_with_the_claim_gone);
 // ------------------------------------------------------------------------------------------
 // (9) data: copy
 
-const MIGRATED_FROM: &str = "storageclass-migrate/migrated-from";
 /// The file the test writes into the volume on class A: its name, size, owner and mode.
 const PAYLOAD: &str = "payload.bin";
 const PAYLOAD_SIZE: usize = 45_321;
@@ -814,6 +813,17 @@ fn random_bytes(size: usize) -> Vec<u8> {
 }
 
 /// Asserts that `dir` holds the payload: the same bytes, owner and mode.
+/// Writes [`PAYLOAD`] into `dir`: random bytes, owned by [`PAYLOAD_OWNER`], mode
+/// [`PAYLOAD_MODE`]. Returns the bytes.
+fn write_payload(dir: &Path) -> Vec<u8> {
+    let payload = random_bytes(PAYLOAD_SIZE);
+    let file = dir.join(PAYLOAD);
+    fs::write(&file, &payload).unwrap();
+    chown(&file, PAYLOAD_OWNER.0, PAYLOAD_OWNER.1);
+    chmod(&file, PAYLOAD_MODE);
+    payload
+}
+
 fn assert_payload(dir: &Path, bytes: &[u8], what: &str) {
     let path = dir.join(PAYLOAD);
     let meta = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{what}: {path:?}: {e}"));
@@ -882,11 +892,7 @@ async fn data_copy_keeps_the_file(helm: Helm) {
     assert_eq!(volume_name(&before), Some(pv_a.name_any().as_str()));
     let revision_a = s.revision().await;
 
-    let payload = random_bytes(PAYLOAD_SIZE);
-    let file = old_dir.join(PAYLOAD);
-    fs::write(&file, &payload).unwrap();
-    chown(&file, PAYLOAD_OWNER.0, PAYLOAD_OWNER.1);
-    chmod(&file, PAYLOAD_MODE);
+    let payload = write_payload(&old_dir);
 
     // The upgrade to class B keeps the data.
     let after = s
@@ -921,25 +927,7 @@ async fn data_copy_keeps_the_file(helm: Helm) {
     );
     assert_eq!(s.release_status().await, "deployed");
 
-    assert_ne!(after.uid(), before.uid(), "the claim was made again");
-    assert_eq!(claim_class(&after), Some(s.b.as_str()));
-    assert_eq!(
-        after.annotations().get(MIGRATED_FROM),
-        before.uid().as_ref(),
-        "{:?}",
-        after.annotations()
-    );
-    for key in [
-        "meta.helm.sh/release-name",
-        "meta.helm.sh/release-namespace",
-    ] {
-        assert_eq!(
-            after.annotations().get(key),
-            before.annotations().get(key),
-            "{key}"
-        );
-    }
-    assert_eq!(after.labels(), before.labels());
+    assert_made_again(&after, &before, &s.b);
     let pv_b = get(&s.pvs(), volume_name(&after).expect("bound")).await;
     assert_eq!(
         pv_b.spec.as_ref().unwrap().storage_class_name.as_deref(),
@@ -1040,11 +1028,7 @@ async fn data_snapshot_keeps_the_file(helm: Helm) {
     let before = s.install(Some(&s.a)).await;
     let pv_a = get(&s.pvs(), volume_name(&before).expect("bound")).await;
     let old_dir = claim_dir(&s, CLAIM).await;
-    let payload = random_bytes(PAYLOAD_SIZE);
-    let file = old_dir.join(PAYLOAD);
-    fs::write(&file, &payload).unwrap();
-    chown(&file, PAYLOAD_OWNER.0, PAYLOAD_OWNER.1);
-    chmod(&file, PAYLOAD_MODE);
+    let payload = write_payload(&old_dir);
 
     let after = s
         .upgrade_ok(&s.b, &[("storageclassMigrate.data", "snapshot")])
@@ -1065,13 +1049,7 @@ async fn data_snapshot_keeps_the_file(helm: Helm) {
     assert_eq!(snapshot.len(), 1, "{run}");
     assert_eq!(s.release_status().await, "deployed");
 
-    assert_ne!(after.uid(), before.uid(), "the claim was made again");
-    assert_eq!(claim_class(&after), Some(s.b.as_str()));
-    assert_eq!(
-        after.annotations().get(MIGRATED_FROM),
-        before.uid().as_ref()
-    );
-    assert_eq!(after.labels(), before.labels());
+    assert_made_again(&after, &before, &s.b);
     let source = after.spec.as_ref().and_then(|s| s.data_source.clone());
     assert_eq!(source.map(|s| s.name).as_deref(), Some(snapshot[0]));
     let new_dir = claim_dir(&s, CLAIM).await;

@@ -16,7 +16,6 @@ use testkit::release::image;
 use testkit::rows::check_rows;
 
 const RECORD: &str = "storageclass-migrate/copy";
-const MIGRATED_FROM: &str = "storageclass-migrate/migrated-from";
 
 macro_rules! require_root {
     () => {
@@ -106,27 +105,7 @@ impl Scene {
     async fn assert_moved(&self) -> PersistentVolume {
         let c = &self.c;
         let claim = wait_bound(c.client(), c.name(), "data").await;
-        assert_ne!(
-            claim.uid(),
-            self.claim.uid(),
-            "the claim was not made again"
-        );
-        assert_eq!(claim_class(&claim), Some(c.b.as_str()));
-        assert_eq!(
-            claim.annotations().get(MIGRATED_FROM),
-            self.claim.uid().as_ref()
-        );
-        for key in [
-            "meta.helm.sh/release-name",
-            "meta.helm.sh/release-namespace",
-        ] {
-            assert_eq!(
-                claim.annotations().get(key),
-                self.claim.annotations().get(key),
-                "{key}"
-            );
-        }
-        assert_eq!(claim.labels(), self.claim.labels());
+        assert_made_again(&claim, &self.claim, &c.b);
         let new = get(&c.pvs(), volume_name(&claim).expect("bound")).await;
         assert_ne!(new.uid(), self.pv.uid());
         assert_eq!(reclaim_policy(&new), "Delete", "the class's policy, back");

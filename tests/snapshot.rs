@@ -22,7 +22,6 @@ use testkit::rows::check_rows;
 
 const RECORD: &str = "storageclass-migrate/copy";
 const COPIED_TO: &str = "storageclass-migrate/copied-to";
-const MIGRATED_FROM: &str = "storageclass-migrate/migrated-from";
 /// The chart's rules for `data: snapshot`.
 const SNAPSHOT_RULES: [&str; 4] = ["always", "inUseEvict", "keepData", "dataSnapshot"];
 
@@ -111,27 +110,7 @@ impl Scene {
     async fn assert_moved(&self) -> PersistentVolume {
         let c = &self.c;
         let claim = wait_bound(c.client(), c.name(), "data").await;
-        assert_ne!(
-            claim.uid(),
-            self.claim.uid(),
-            "the claim was not made again"
-        );
-        assert_eq!(claim_class(&claim), Some(c.b.as_str()));
-        assert_eq!(
-            claim.annotations().get(MIGRATED_FROM),
-            self.claim.uid().as_ref()
-        );
-        for key in [
-            "meta.helm.sh/release-name",
-            "meta.helm.sh/release-namespace",
-        ] {
-            assert_eq!(
-                claim.annotations().get(key),
-                self.claim.annotations().get(key),
-                "{key}"
-            );
-        }
-        assert_eq!(claim.labels(), self.claim.labels());
+        assert_made_again(&claim, &self.claim, &c.b);
         let source = claim.spec.as_ref().and_then(|s| s.data_source.clone());
         let source = source.expect("the claim is restored from a snapshot");
         assert_eq!(

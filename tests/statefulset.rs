@@ -122,6 +122,32 @@ impl Scene {
         self.job(extra).run_within(Duration::from_secs(240)).await
     }
 
+    /// Writes into the volume of each of the first `replicas` claims a file `ordinal` saying
+    /// `db-<n>`, owned by 1000+n:2000, mode 0640.
+    async fn write_ordinals(&self, replicas: i32) {
+        for n in 0..replicas {
+            let dir = claim_dir(&self.c, &self.set.claim(n)).await;
+            let file = dir.join("ordinal");
+            std::fs::write(&file, format!("db-{n}\n")).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+            std::os::unix::fs::chown(&file, Some(1000 + n as u32), Some(2000)).unwrap();
+        }
+    }
+
+    /// Each claim (in ordinal order) holds the file of [`Scene::write_ordinals`]: content,
+    /// owner and mode.
+    async fn assert_ordinals(&self, claims: &[PersistentVolumeClaim]) {
+        for (n, claim) in claims.iter().enumerate() {
+            let dir = claim_dir(&self.c, &claim.name_any()).await;
+            let file = dir.join("ordinal");
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert_eq!(text, format!("db-{n}\n"), "{}", claim.name_any());
+            let meta = std::fs::metadata(&file).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+            assert_eq!((meta.uid(), meta.gid()), (1000 + n as u32, 2000));
+        }
+    }
+
     async fn set(&self) -> Option<StatefulSet> {
         read(&self.c.sets(), SET).await
     }
@@ -555,14 +581,7 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
         |c| Sts::new(SET).class(&c.a),
     )
     .await;
-    let set = &s.set;
-    for n in 0..3 {
-        let dir = claim_dir(&s.c, &set.claim(n)).await;
-        let file = dir.join("ordinal");
-        std::fs::write(&file, format!("db-{n}\n")).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-        std::os::unix::fs::chown(&file, Some(1000 + n as u32), Some(2000)).unwrap();
-    }
+    s.write_ordinals(3).await;
     let _runner = HookRunner::start(s.c.name(), RunnerOpts::default());
 
     let run = s
@@ -581,15 +600,7 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
     }
     // The claims are back, on B, before the StatefulSet; it adopts them by name.
     let claims = s.recreate_on_b(3).await;
-    for (n, claim) in claims.iter().enumerate() {
-        let dir = claim_dir(&s.c, &claim.name_any()).await;
-        let file = dir.join("ordinal");
-        let text = std::fs::read_to_string(&file).unwrap();
-        assert_eq!(text, format!("db-{n}\n"), "{}", claim.name_any());
-        let meta = std::fs::metadata(&file).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
-        assert_eq!((meta.uid(), meta.gid()), (1000 + n as u32, 2000));
-    }
+    s.assert_ordinals(&claims).await;
 }
 
 /// `--data snapshot` with both classes on one CSI driver: each claim is made again on B from a
@@ -612,14 +623,7 @@ async fn snapshot_keeps_each_claims_file_on_the_new_class() {
         |c| Sts::new(SET).class(&c.a),
     )
     .await;
-    let set = &s.set;
-    for n in 0..3 {
-        let dir = claim_dir(&s.c, &set.claim(n)).await;
-        let file = dir.join("ordinal");
-        std::fs::write(&file, format!("db-{n}\n")).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-        std::os::unix::fs::chown(&file, Some(1000 + n as u32), Some(2000)).unwrap();
-    }
+    s.write_ordinals(3).await;
 
     let run = s.migrate(&[("DATA_POLICY", "snapshot")]).await;
     run.expect_status(0);
@@ -632,15 +636,7 @@ async fn snapshot_keeps_each_claims_file_on_the_new_class() {
         assert!(o.has_left("snapshot-kept"), "{name}\n{run}");
     }
     let claims = s.recreate_on_b(3).await;
-    for (n, claim) in claims.iter().enumerate() {
-        let dir = claim_dir(&s.c, &claim.name_any()).await;
-        let file = dir.join("ordinal");
-        let text = std::fs::read_to_string(&file).unwrap();
-        assert_eq!(text, format!("db-{n}\n"), "{}", claim.name_any());
-        let meta = std::fs::metadata(&file).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
-        assert_eq!((meta.uid(), meta.gid()), (1000 + n as u32, 2000));
-    }
+    s.assert_ordinals(&claims).await;
     assert_no_leak(&s.c).await;
 }
 

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::serde::de::DeserializeOwned;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::wait::Condition;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -116,31 +116,10 @@ async fn copy_preflight(
     record: &Record,
     settings: &CopySettings,
 ) -> Result<(), Error> {
+    dry_create(cluster, &cluster.claims, &record.source_claim(), CLAIMS).await?;
+    dry_create(cluster, &cluster.claims, &record.target_claim(), CLAIMS).await?;
+    dry_create(cluster, &cluster.jobs, &record.copy_job(settings, 60), JOBS).await?;
     let dry = api::post_params(true);
-    dry_create(
-        cluster,
-        &cluster.claims,
-        &record.source_claim(),
-        CLAIMS,
-        &dry,
-    )
-    .await?;
-    dry_create(
-        cluster,
-        &cluster.claims,
-        &record.target_claim(),
-        CLAIMS,
-        &dry,
-    )
-    .await?;
-    dry_create(
-        cluster,
-        &cluster.jobs,
-        &record.copy_job(settings, 60),
-        JOBS,
-        &dry,
-    )
-    .await?;
     let pod = record.copy_pod_object(settings);
     let request = Request::new("create", "pods").namespace(&cluster.namespace);
     match cluster
@@ -185,21 +164,22 @@ async fn copy_preflight(
         .await
 }
 
+/// Creates `object` as a dry run; one that exists already passes.
 async fn dry_create<K>(
     cluster: &Cluster,
-    api: &Api<K>,
+    objects: &Api<K>,
     object: &K,
     resource: &'static str,
-    params: &PostParams,
 ) -> Result<(), Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
+    let params = api::post_params(true);
     let request = Request::new("create", resource)
         .name(&object.name_any())
         .namespace(&cluster.namespace);
     match cluster
-        .send(&request, || api.create(params, object))
+        .send(&request, || objects.create(&params, object))
         .await?
     {
         Ok(_) => Ok(()),
@@ -774,36 +754,48 @@ async fn recreate_claim(
         pv.annotations().get(COPY_TARGET) == Some(&mark)
     })
     .await?;
-    let claim = record.new_claim(new_volume);
+    let created = create_claim_again(cluster, record, &record.new_claim(new_volume)).await?;
+    await_bound(cluster, &record.claim).await?;
+    if created {
+        info!(claim = %record.claim, volume = new_volume, class = %record.to, "claim made again, bound to the copy");
+        report.done(
+            Kind::ClaimRecreated,
+            Some(&record.claim),
+            format!(
+                "claim made again on class {:?}, bound to PV {new_volume} with the copy",
+                record.to
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Creates the claim again (`claim`, as the plan made it); false when a run had made it already.
+/// A claim of that name that no run made is refused.
+async fn create_claim_again(
+    cluster: &Cluster,
+    record: &Record,
+    claim: &PersistentVolumeClaim,
+) -> Result<bool, Error> {
     let request = cluster.claim_request("create", &record.claim);
     let params = api::post_params(false);
     match cluster
-        .send(&request, || cluster.claims.create(&params, &claim))
+        .send(&request, || cluster.claims.create(&params, claim))
         .await?
     {
-        Ok(_) => {}
+        Ok(_) => Ok(true),
+        // Made by an interrupted run, or by someone else: made_claim tells.
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            // Made by an interrupted run, or by someone else: current_claim tells.
-            if current_claim(cluster, record).await?.is_none() {
-                return Err(Error::Internal(format!(
+            match made_claim(cluster, record).await? {
+                Some(_) => Ok(false),
+                None => Err(Error::Internal(format!(
                     "claim {} came and went; run again",
                     record.claim
-                )));
+                ))),
             }
         }
-        Err(e) => return Err(api::write_error(request, e)),
+        Err(e) => Err(api::write_error(request, e)),
     }
-    await_bound(cluster, &record.claim).await?;
-    info!(claim = %record.claim, volume = new_volume, class = %record.to, "claim made again, bound to the copy");
-    report.done(
-        Kind::ClaimRecreated,
-        Some(&record.claim),
-        format!(
-            "claim made again on class {:?}, bound to PV {new_volume} with the copy",
-            record.to
-        ),
-    );
-    Ok(())
 }
 
 /// Gives the volume the reclaim policy recorded on it and takes that record (and `mark_key`)

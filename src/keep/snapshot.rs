@@ -12,8 +12,8 @@ use tracing::info;
 
 use super::plan::{self, Record};
 use super::{
-    CLAIMS, VOLUMES, await_bound, create_owned, dry_create, hold_old_volume, made_claim,
-    remove_temporary_claim, settle_old_volume,
+    CLAIMS, VOLUMES, await_bound, create_claim_again, create_owned, dry_create, hold_old_volume,
+    made_claim, remove_temporary_claim, settle_old_volume,
 };
 use crate::api::{self, Cluster};
 use crate::config::KeepSettings;
@@ -38,23 +38,8 @@ pub async fn preflight(
     record: &Record,
     settings: &KeepSettings,
 ) -> Result<(), Error> {
-    let dry = api::post_params(true);
-    dry_create(
-        cluster,
-        &cluster.claims,
-        &record.source_claim(),
-        CLAIMS,
-        &dry,
-    )
-    .await?;
-    dry_create(
-        cluster,
-        &cluster.snapshots,
-        &record.snapshot(),
-        SNAPSHOTS,
-        &dry,
-    )
-    .await?;
+    dry_create(cluster, &cluster.claims, &record.source_claim(), CLAIMS).await?;
+    dry_create(cluster, &cluster.snapshots, &record.snapshot(), SNAPSHOTS).await?;
     let source = record.source_claim_name();
     let snapshot = record.snapshot_name();
     let mut asks = Vec::new();
@@ -206,25 +191,8 @@ async fn read_snapshot(cluster: &Cluster, name: &str) -> Result<Option<VolumeSna
 
 /// The claim made again on the new class from the snapshot, with its labels and annotations.
 async fn restore(cluster: &Cluster, record: &Record, report: &mut Report) -> Result<(), Error> {
-    let claim = record.restored_claim();
-    let request = cluster.claim_request("create", &record.claim);
-    let params = api::post_params(false);
-    match cluster
-        .send(&request, || cluster.claims.create(&params, &claim))
-        .await?
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            // Made by an interrupted run, or by someone else: made_claim tells.
-            if made_claim(cluster, record).await?.is_none() {
-                return Err(Error::Internal(format!(
-                    "claim {} came and went; run again",
-                    record.claim
-                )));
-            }
-            return Ok(());
-        }
-        Err(e) => return Err(api::write_error(request, e)),
+    if !create_claim_again(cluster, record, &record.restored_claim()).await? {
+        return Ok(());
     }
     info!(claim = %record.claim, class = %record.to, snapshot = %record.snapshot_name(), "claim made again from the snapshot");
     report.done(

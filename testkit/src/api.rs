@@ -235,6 +235,32 @@ pub fn claim_class(claim: &PersistentVolumeClaim) -> Option<&str> {
     claim.spec.as_ref()?.storage_class_name.as_deref()
 }
 
+/// Asserts that `new` is `old` made again on `class` by a run that kept the data: another uid,
+/// `storageclass-migrate/migrated-from` naming the old one, and the old claim's labels and Helm
+/// annotations (so that the upgrade adopts it).
+pub fn assert_made_again(new: &PersistentVolumeClaim, old: &PersistentVolumeClaim, class: &str) {
+    use kube::ResourceExt;
+    assert_ne!(new.uid(), old.uid(), "the claim was not made again");
+    assert_eq!(claim_class(new), Some(class));
+    assert_eq!(
+        new.annotations().get("storageclass-migrate/migrated-from"),
+        old.uid().as_ref(),
+        "{:?}",
+        new.annotations()
+    );
+    for key in [
+        "meta.helm.sh/release-name",
+        "meta.helm.sh/release-namespace",
+    ] {
+        assert_eq!(
+            new.annotations().get(key),
+            old.annotations().get(key),
+            "{key}"
+        );
+    }
+    assert_eq!(new.labels(), old.labels());
+}
+
 /// A claim's `status.phase`.
 pub fn claim_phase(claim: &PersistentVolumeClaim) -> Option<&str> {
     claim.status.as_ref()?.phase.as_deref()
