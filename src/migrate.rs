@@ -609,8 +609,13 @@ async fn leftovers(
             Kind::CopyRecord,
             Some(&record.volume),
             format!(
-                "PV {} holds a copy to class {:?} that an interrupted run left",
-                record.volume, record.to
+                "PV {} holds a {} to class {:?} that an interrupted run left",
+                record.volume,
+                match record.strategy {
+                    keep::Strategy::Copy => "copy",
+                    keep::Strategy::Snapshot => "move by snapshot",
+                },
+                record.to
             ),
         );
         let detail = format!("class {:?} with the data", record.to);

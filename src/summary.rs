@@ -39,7 +39,8 @@ pub enum Kind {
     ClaimAbsent,
     /// A volume that an interrupted run marked; name: the volume.
     MarkedVolume,
-    /// The record of a copy that an interrupted run left on the old volume; name: the volume.
+    /// The record of a migration keeping the data (a copy or a snapshot) that an interrupted run
+    /// left on the old volume; name: the volume.
     CopyRecord,
     /// `--statefulset`: the StatefulSet and the class of its template; name: the StatefulSet.
     StatefulSet,
@@ -78,13 +79,15 @@ pub enum Kind {
     /// `--data copy`: the old volume switched to Retain, the migration recorded on it; name: the
     /// volume.
     VolumeRetained,
-    /// A temporary claim of the copy was created; name: the claim.
+    /// A temporary claim of a copy or a snapshot was created; name: the claim.
     CopyClaimCreated,
     /// The data was copied (the text is the copy's summary); name: the copy Job.
     DataCopied,
-    /// The claim was made again on the new class, bound to the copy; name: the claim.
+    /// The claim was made again on the new class, bound to the copy or restored from the
+    /// snapshot; name: the claim.
     ClaimRecreated,
-    /// The copy Job or a temporary claim was removed; name: the object.
+    /// The copy Job or a temporary claim (of a copy or a snapshot) was removed; name: the
+    /// object.
     CopyRemoved,
     /// `--data snapshot`: the snapshot of the old volume is ready to restore from; name: the
     /// VolumeSnapshot.
