@@ -60,8 +60,14 @@ impl Scene {
     }
 
     async fn with(prefix: &str, b: Class, when: &[&str]) -> Scene {
-        let c = Cluster::with_classes(prefix, Class::new("a").csi(DRIVER_A), b).await;
+        Self::build(prefix, Class::new("a").csi(DRIVER_A), b, "1Gi", when).await
+    }
+
+    /// Classes A and B, the claim requesting `request` of class A.
+    async fn build(prefix: &str, a: Class, b: Class, request: &str, when: &[&str]) -> Scene {
+        let c = Cluster::with_classes(prefix, a, b).await;
         Claim::new("data")
+            .request(request)
             .class(&c.a)
             .label("app.kubernetes.io/managed-by", "Helm")
             .of_release("rel", c.name())
@@ -259,6 +265,37 @@ async fn delete_snapshot_and_delete_old_volume_leave_only_the_new_volume() {
         .count();
     assert_eq!(archives, 0, "the driver still keeps the snapshot's archive");
     assert_no_leak(&s.c).await;
+}
+
+/// A volume larger than its claim (class A's driver allocates in steps of 64 MiB; the claim asks
+/// for 10 MiB): external-provisioner restores a snapshot only into a claim at least its restore
+/// size, so the claim made again asks for that size, and is bound with the data.
+#[tokio::test]
+async fn a_volume_larger_than_its_claim_is_restored_at_the_snapshot_size() {
+    require_root!();
+    let step = (64u64 << 20).to_string();
+    let a = Class::new("a")
+        .csi(DRIVER_A)
+        .parameter("capacityStep", &step);
+    let b = Class::new("b").csi(DRIVER_A);
+    let s = Scene::build("snap-size", a, b, "10Mi", &SNAPSHOT_RULES).await;
+    let capacity = s.pv.spec.as_ref().unwrap().capacity.as_ref().unwrap()["storage"]
+        .0
+        .clone();
+    assert_eq!(capacity, "64Mi", "the driver rounded the volume up");
+
+    let run = s.migrate(&[]).await;
+    let o = run.expect_status(0).outcome();
+    assert!(o.has_done("claim-recreated"), "{run}");
+    s.assert_moved().await;
+    let claim = read(&s.c.claims(), "data")
+        .await
+        .expect("the claim made again");
+    let requested = &claim.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0;
+    assert!(
+        ["64Mi", "67108864"].contains(&requested.as_str()),
+        "the claim asks for {requested}"
+    );
 }
 
 #[tokio::test]

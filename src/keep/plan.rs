@@ -403,15 +403,31 @@ impl Record {
         self.claim_again(self.claim_spec(&self.to, Some(volume)))
     }
 
-    /// The claim itself, on the new class, its volume restored from the snapshot.
-    pub fn restored_claim(&self) -> PersistentVolumeClaim {
+    /// The claim itself, on the new class, its volume restored from the snapshot. It requests
+    /// the snapshot's `restore_size` where that is more than the claim asked for: a volume
+    /// larger than its claim (a driver that allocates in GiB) is restored only at its own size.
+    pub fn restored_claim(&self, restore_size: Option<&str>) -> PersistentVolumeClaim {
         let mut spec = self.claim_spec(&self.to, None);
+        if let Some(size) = self.larger_restore_size(restore_size) {
+            let requests = spec.resources.get_or_insert_default();
+            requests
+                .requests
+                .get_or_insert_default()
+                .insert("storage".into(), Quantity(size.to_owned()));
+        }
         spec.data_source = Some(TypedLocalObjectReference {
             api_group: Some(volume_snapshot::GROUP.to_owned()),
             kind: "VolumeSnapshot".into(),
             name: self.snapshot_name(),
         });
         self.claim_again(spec)
+    }
+
+    /// `restore_size`, when it is more than the claim's storage request.
+    pub fn larger_restore_size<'a>(&self, restore_size: Option<&'a str>) -> Option<&'a str> {
+        let restore_size = restore_size?;
+        let requested = bytes(self.requests.get("storage")?)?;
+        (bytes(restore_size)? > requested).then_some(restore_size)
     }
 
     fn claim_again(&self, spec: PersistentVolumeClaimSpec) -> PersistentVolumeClaim {
@@ -588,6 +604,39 @@ impl Record {
             ..Default::default()
         }
     }
+}
+
+/// The bytes of a storage quantity (`1Gi`, `1500M`, `1073741824`, `1.5Gi`, `1e9`); None for
+/// what a size is not written as.
+fn bytes(quantity: &str) -> Option<u128> {
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        exponent => 10u128.checked_pow(exponent.strip_prefix(['e', 'E'])?.parse().ok()?)?,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() {
+        return None;
+    }
+    let scale = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
+    // Rounded up: a size is never less than it says.
+    Some(digits.checked_mul(multiplier)?.div_ceil(scale))
 }
 
 /// Whether `object` (a temporary claim, the Job) was made by a run for the claim `uid`.
@@ -984,7 +1033,7 @@ mod tests {
             snapshot.spec.volume_snapshot_class_name.as_deref(),
             Some("a-default")
         );
-        let claim = record.restored_claim();
+        let claim = record.restored_claim(None);
         assert!(
             claim
                 .annotations()
@@ -1017,6 +1066,37 @@ mod tests {
         let mut long = a_record();
         long.claim = "d".repeat(70);
         assert!(!long.snapshot().labels().contains_key(CLAIM_LABEL));
+    }
+
+    #[test]
+    fn a_restore_asks_for_the_snapshot_size_when_the_volume_was_larger() {
+        let record = a_record();
+        let storage = |size: Option<&str>| {
+            let claim = record.restored_claim(size);
+            claim.spec.unwrap().resources.unwrap().requests.unwrap()["storage"]
+                .0
+                .clone()
+        };
+        assert_eq!(storage(None), "1Gi");
+        assert_eq!(storage(Some("1Gi")), "1Gi");
+        assert_eq!(storage(Some("1073741824")), "1Gi");
+        assert_eq!(storage(Some("512Mi")), "1Gi");
+        assert_eq!(storage(Some("10Gi")), "10Gi");
+        assert_eq!(storage(Some("1.5Gi")), "1.5Gi");
+        assert_eq!(storage(Some("not a size")), "1Gi");
+        for (quantity, expected) in [
+            ("1Gi", Some(1u128 << 30)),
+            ("1500M", Some(1_500_000_000)),
+            ("1.5Ki", Some(1536)),
+            ("0.1", Some(1)),
+            ("1e3", Some(1000)),
+            ("12", Some(12)),
+            ("", None),
+            ("Gi", None),
+            ("1Qi", None),
+        ] {
+            assert_eq!(bytes(quantity), expected, "{quantity}");
+        }
     }
 
     #[test]

@@ -76,9 +76,9 @@ pub async fn carry_over(
         report.pending(format!("bind PV {} to a temporary claim", record.volume));
         hold_old_volume(cluster, record, report).await?;
         report.pending("snapshot the old volume");
-        take_snapshot(cluster, record, deadline, report).await?;
+        let restore_size = take_snapshot(cluster, record, deadline, report).await?;
         report.pending("make the claim again from the snapshot");
-        restore(cluster, record, report).await?;
+        restore(cluster, record, restore_size.as_deref(), report).await?;
     }
     let bound = if record.binds_at_once {
         report.pending(format!("claim {} to be bound", record.claim));
@@ -115,13 +115,13 @@ pub async fn carry_over(
 }
 
 /// Creates the snapshot (or takes the one an interrupted run made) and waits, until the run's
-/// deadline, for it to be ready to restore from.
+/// deadline, for it to be ready to restore from. Its restore size, when the driver tells.
 async fn take_snapshot(
     cluster: &Cluster,
     record: &Record,
     deadline: Instant,
     report: &mut Report,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let name = record.snapshot_name();
     let created = create_owned(
         cluster,
@@ -163,10 +163,12 @@ async fn take_snapshot(
             });
         }
     };
-    let size = snapshot
+    let restore_size = snapshot
         .status
         .as_ref()
-        .and_then(|s| s.restore_size.clone())
+        .and_then(|s| s.restore_size.clone());
+    let size = restore_size
+        .as_ref()
         .map(|s| format!(", {s}"))
         .unwrap_or_default();
     report.done(
@@ -178,7 +180,7 @@ async fn take_snapshot(
             record.snapshot_class.as_deref().unwrap_or("default")
         ),
     );
-    Ok(())
+    Ok(restore_size)
 }
 
 async fn read_snapshot(cluster: &Cluster, name: &str) -> Result<Option<VolumeSnapshot>, Error> {
@@ -190,9 +192,23 @@ async fn read_snapshot(cluster: &Cluster, name: &str) -> Result<Option<VolumeSna
 }
 
 /// The claim made again on the new class from the snapshot, with its labels and annotations.
-async fn restore(cluster: &Cluster, record: &Record, report: &mut Report) -> Result<(), Error> {
-    if !create_claim_again(cluster, record, &record.restored_claim()).await? {
+async fn restore(
+    cluster: &Cluster,
+    record: &Record,
+    restore_size: Option<&str>,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let claim = record.restored_claim(restore_size);
+    if !create_claim_again(cluster, record, &claim).await? {
         return Ok(());
+    }
+    if let Some(size) = record.larger_restore_size(restore_size) {
+        info!(
+            claim = %record.claim,
+            size,
+            requested = ?record.requests.get("storage"),
+            "the claim asks for the snapshot's restore size: the old volume was larger than its claim"
+        );
     }
     info!(claim = %record.claim, class = %record.to, snapshot = %record.snapshot_name(), "claim made again from the snapshot");
     report.done(

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -105,6 +106,11 @@ func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 	if capacity == 0 {
 		capacity = defaultCapacity
 	}
+	// The class parameter capacityStep rounds the size up to a multiple of it, as storage
+	// systems that allocate in GiB do: the volume is then larger than the claim asked.
+	if step, err := strconv.ParseInt(req.GetParameters()["capacityStep"], 10, 64); err == nil && step > 0 {
+		capacity = (capacity + step - 1) / step * step
+	}
 	dir := d.volumeDir(id)
 	source := req.GetVolumeContentSource()
 	if !exists(dir) {
@@ -122,7 +128,7 @@ func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 		if err := d.writeAttributes(id, req.GetMutableParameters()); err != nil {
 			return nil, err
 		}
-		if err := d.writeOrigin(id, req.GetParameters()); err != nil {
+		if err := d.writeOrigin(id, req.GetParameters(), capacity); err != nil {
 			return nil, err
 		}
 	}
@@ -239,6 +245,7 @@ type origin struct {
 	Claim      string            `json:"claim"`
 	PV         string            `json:"pv"`
 	Parameters map[string]string `json:"parameters"`
+	Capacity   int64             `json:"capacity"`
 }
 
 // The parameters that external-provisioner adds with --extra-create-metadata.
@@ -248,12 +255,15 @@ const (
 	pvNameKey         = "csi.storage.k8s.io/pv/name"
 )
 
-func (d *driver) writeOrigin(id string, params map[string]string) error {
+func (d *driver) originFile(id string) string { return filepath.Join(d.root, "origins", id+".json") }
+
+func (d *driver) writeOrigin(id string, params map[string]string, capacity int64) error {
 	o := origin{
 		Namespace:  params[claimNamespaceKey],
 		Claim:      params[claimNameKey],
 		PV:         params[pvNameKey],
 		Parameters: map[string]string{},
+		Capacity:   capacity,
 	}
 	for k, v := range params {
 		if k != claimNameKey && k != claimNamespaceKey && k != pvNameKey {
@@ -264,7 +274,20 @@ func (d *driver) writeOrigin(id string, params map[string]string) error {
 	if err != nil {
 		return internal(err)
 	}
-	return internal(os.WriteFile(filepath.Join(d.root, "origins", id+".json"), data, 0o644))
+	return internal(os.WriteFile(d.originFile(id), data, 0o644))
+}
+
+// capacityOf is the size the volume was created with; 0 when unknown.
+func (d *driver) capacityOf(id string) int64 {
+	data, err := os.ReadFile(d.originFile(id))
+	if err != nil {
+		return 0
+	}
+	var o origin
+	if json.Unmarshal(data, &o) != nil {
+		return 0
+	}
+	return o.Capacity
 }
 
 // CreateSnapshot archives the source volume's directory; the snapshot is named after the request
@@ -297,8 +320,8 @@ func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 	return &csi.CreateSnapshotResponse{Snapshot: &csi.Snapshot{
 		SnapshotId:     id,
 		SourceVolumeId: source,
-		// 0: unknown. The archive's size is not what a restored volume needs.
-		SizeBytes:    0,
+		// What a volume restored from it needs: the source volume's size, as a block snapshot's.
+		SizeBytes:    d.capacityOf(source),
 		CreationTime: timestamppb.New(info.ModTime().Truncate(time.Second)),
 		ReadyToUse:   true,
 	}}, nil
