@@ -32,7 +32,7 @@ use testkit::csi::{DRIVER_A, assert_no_leak};
 use testkit::files::{chmod, chown, data_dir, is_root};
 use testkit::helm::{Helm, HelmOut};
 use testkit::helm_3_and_4;
-use testkit::hook_runner::{How, Rendezvous, RunnerOpts};
+use testkit::hook_runner::{HookRun, How, Rendezvous, RunnerOpts};
 use testkit::prelude::*;
 use testkit::release::{CLAIM, Hook, JOB, Release, ReleaseOpts, skip_without_script};
 
@@ -813,6 +813,22 @@ fn random_bytes(size: usize) -> Vec<u8> {
 }
 
 /// Asserts that `dir` holds the payload: the same bytes, owner and mode.
+/// Upgrades to class B with `data: <data>`; the hook must have migrated the claim, its old
+/// volume switched to Retain, the data kept by `how` (`data-copied`, `snapshot-taken`) and the
+/// claim made again. Returns the claim after the upgrade and the hook's run.
+async fn upgrade_keeping(s: &Release, data: &str, how: &str) -> (PersistentVolumeClaim, HookRun) {
+    let after = s
+        .upgrade_ok(&s.b, &[("storageclassMigrate.data", data)])
+        .await;
+    let run = s.last_run(0);
+    let o = run.outcome();
+    assert_eq!(o.result, "migrated", "{run}");
+    for kind in ["volume-retained", "claim-deleted", how, "claim-recreated"] {
+        assert!(o.has_done(kind), "{kind} not done\n{run}");
+    }
+    (after, run)
+}
+
 /// Writes [`PAYLOAD`] into `dir`: random bytes, owned by [`PAYLOAD_OWNER`], mode
 /// [`PAYLOAD_MODE`]. Returns the bytes.
 fn write_payload(dir: &Path) -> Vec<u8> {
@@ -895,20 +911,8 @@ async fn data_copy_keeps_the_file(helm: Helm) {
     let payload = write_payload(&old_dir);
 
     // The upgrade to class B keeps the data.
-    let after = s
-        .upgrade_ok(&s.b, &[("storageclassMigrate.data", "copy")])
-        .await;
-    let run = s.last_run(0);
+    let (after, run) = upgrade_keeping(&s, "copy", "data-copied").await;
     let o = run.outcome();
-    assert_eq!(o.result, "migrated", "{run}");
-    for kind in [
-        "volume-retained",
-        "claim-deleted",
-        "data-copied",
-        "claim-recreated",
-    ] {
-        assert!(o.has_done(kind), "{kind} not done\n{run}");
-    }
     assert_eq!(
         o.left_names("volume-kept"),
         [pv_a.name_any().as_str()],
@@ -1030,20 +1034,8 @@ async fn data_snapshot_keeps_the_file(helm: Helm) {
     let old_dir = claim_dir(&s, CLAIM).await;
     let payload = write_payload(&old_dir);
 
-    let after = s
-        .upgrade_ok(&s.b, &[("storageclassMigrate.data", "snapshot")])
-        .await;
-    let run = s.last_run(0);
+    let (after, run) = upgrade_keeping(&s, "snapshot", "snapshot-taken").await;
     let o = run.outcome();
-    assert_eq!(o.result, "migrated", "{run}");
-    for kind in [
-        "volume-retained",
-        "claim-deleted",
-        "snapshot-taken",
-        "claim-recreated",
-    ] {
-        assert!(o.has_done(kind), "{kind} not done\n{run}");
-    }
     assert!(!o.has_done("data-copied"), "no copy Job\n{run}");
     let snapshot = o.left_names("snapshot-kept");
     assert_eq!(snapshot.len(), 1, "{run}");
