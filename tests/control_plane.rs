@@ -277,10 +277,7 @@ fn owner_and_mode(path: &Path) -> (u32, u32, u32) {
 /// would fail; if it mounted copies, the files would not reach the second claim's directory.
 #[tokio::test]
 async fn a_job_copies_between_two_claims_of_a_host_path_provisioned_class() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: this test needs root (it chowns files to other users)");
-        return;
-    }
+    testkit::require_root!("it chowns files to other users");
     // Two claims of a class that kube-controller-manager provisions: a directory each.
     let ns = TestNamespace::new("provisioned").await;
     let class = Class::new("hp")

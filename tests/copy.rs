@@ -12,19 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use testkit::files::{assert_same_tree, chmod, chown, every_kind, is_root, set_times, walk};
+use testkit::files::{assert_same_tree, chmod, chown, every_kind, set_times, walk};
 
 const BIN: &str = env!("CARGO_BIN_EXE_storageclass-migrate");
 const NOBODY: u32 = 65534;
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test needs root (it chowns files to other users)");
-            return;
-        }
-    };
-}
 
 fn copy(from: &Path, to: &Path, extra: &[&str]) -> Output {
     Command::new(BIN)
@@ -54,7 +45,7 @@ fn json_summary(output: &Output) -> serde_json::Value {
 
 #[test]
 fn every_kind_of_entry_is_kept() {
-    require_root!();
+    testkit::require_root!("it chowns files to other users");
     let dir = tempfile::tempdir().unwrap();
     let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
     fs::create_dir(&src).unwrap();
@@ -205,7 +196,7 @@ fn a_copy_that_no_longer_matches_fails_the_verification() {
 
 #[test]
 fn an_unreadable_file_is_named_and_the_rest_is_copied() {
-    require_root!();
+    testkit::require_root!("it chowns files to other users");
     let dir = tempfile::tempdir().unwrap();
     chmod(dir.path(), 0o755);
     let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
@@ -266,7 +257,7 @@ fn an_unreadable_file_is_named_and_the_rest_is_copied() {
 
 #[test]
 fn a_rerun_after_a_kill_finishes_the_copy() {
-    require_root!();
+    testkit::require_root!("it chowns files to other users");
     let dir = tempfile::tempdir().unwrap();
     let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
     fs::create_dir_all(src.join("big")).unwrap();

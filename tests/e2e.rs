@@ -29,7 +29,7 @@ use std::{fs, io::Read, os::unix::fs::MetadataExt, path::Path, sync::Arc, time::
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use testkit::csi::{DRIVER_A, assert_no_leak};
-use testkit::files::{chmod, chown, data_dir, is_root};
+use testkit::files::{chmod, chown, data_dir};
 use testkit::helm::{Helm, HelmOut};
 use testkit::helm_3_and_4;
 use testkit::hook_runner::{HookRun, How, Rendezvous, RunnerOpts};
@@ -879,10 +879,7 @@ fn managers(claim: &PersistentVolumeClaim) -> Vec<String> {
 /// with `data: copy`; then upgrades again without a change, then rolls back to the revision on
 /// class A. The same with either helm.
 async fn data_copy_keeps_the_file(helm: Helm) {
-    if !is_root() {
-        eprintln!("skipped: this test needs root (the file belongs to another user)");
-        return;
-    }
+    testkit::require_root!("the file belongs to another user");
     let s = Release::with(
         "e2e-copy",
         ReleaseOpts {
@@ -1015,10 +1012,7 @@ helm_3_and_4!(data_copy_keeps_the_file);
 /// same driver with `data: snapshot`: the hook snapshots the old volume and makes the claim
 /// again from the snapshot, which Helm adopts. The same with either helm.
 async fn data_snapshot_keeps_the_file(helm: Helm) {
-    if !is_root() {
-        eprintln!("skipped: this test needs root (the file belongs to another user)");
-        return;
-    }
+    testkit::require_root!("the file belongs to another user");
     let s = Release::with(
         "e2e-snap",
         ReleaseOpts {

@@ -9,22 +9,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job as BatchJob;
 use testkit::fault_proxy::{Fault, Gate, Match, Which};
-use testkit::files::{assert_same_tree, data_dir, every_kind, is_root};
+use testkit::files::{assert_same_tree, data_dir, every_kind};
 use testkit::hook_runner::{HookRunner, RunnerOpts};
 use testkit::prelude::*;
 use testkit::release::image;
 use testkit::rows::check_rows;
 
 const RECORD: &str = "storageclass-migrate/copy";
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test needs root (the tree has owners other than root)");
-            return;
-        }
-    };
-}
 
 /// Claim `data` on class A (Helm's labels and annotations) bound to a Delete volume whose
 /// directory holds every kind of entry; class B provisions host-path volumes; a hook runner
@@ -162,7 +153,7 @@ fn host_path(pv: &PersistentVolume) -> PathBuf {
 
 #[tokio::test]
 async fn the_claim_moves_to_class_b_with_its_data() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let s = Scene::new("keep").await;
     let run = s.migrate(&[]).await;
     let o = run.expect_result(0, "migrated");
@@ -190,7 +181,7 @@ async fn the_claim_moves_to_class_b_with_its_data() {
 /// A 1 GiB file and 100,000 small files (1 to 16 KiB, in 100 directories) move whole.
 #[tokio::test]
 async fn a_large_file_and_many_small_files_move_whole() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let s = Scene::new("keep-large").await;
     let data = s.data.clone();
     tokio::task::spawn_blocking(move || {
@@ -213,7 +204,7 @@ async fn a_large_file_and_many_small_files_move_whole() {
 /// 100,000 small files take several seconds to copy, so the kill at 2.5 s lands in the copy.
 #[tokio::test]
 async fn a_copy_pod_killed_part_way_is_run_again_and_the_copy_completes() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let runner = RunnerOpts {
         kill_first: Some(Duration::from_millis(2500)),
         ..RunnerOpts::default()
@@ -274,7 +265,7 @@ fn write_small_files(dir: &std::path::Path) {
 
 #[tokio::test]
 async fn with_delete_old_volume_the_old_volume_goes_to_its_provisioner() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let s = Scene::new("keep-delete-old").await;
     let run = s.migrate(&[("DELETE_OLD_VOLUME", "true")]).await;
     let o = run.expect_result(0, "migrated");
@@ -341,7 +332,7 @@ async fn restricted_pod_security_refuses_a_root_copy_and_takes_a_user_copy() {
 /// old data stays on the Retain volume, and a rerun (as root) finishes the migration.
 #[tokio::test]
 async fn a_failed_copy_stops_part_way_keeping_the_old_data_and_a_rerun_finishes() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let s = Scene::new("keep-fail").await;
     let run = s.migrate(&[("COPY_AS_USER", "1000")]).await;
     let o = run.expect_error(
@@ -412,7 +403,7 @@ enum KillAt {
 
 #[test]
 fn killed_at_each_step_a_rerun_finishes_with_the_data() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let rows = [
         KillAt::Protect,
         KillAt::ClaimDeleted,

@@ -11,10 +11,10 @@ use std::time::Duration;
 use kube::api::DynamicObject;
 use testkit::csi::{
     DRIVER_A, DRIVER_B, assert_no_leak, snapshot_archive, snapshot_handle, snapshots, volume_dir,
-    wait_deleted,
+    wait_deleted, wait_snapshots_deleted,
 };
 use testkit::fault_proxy::{Fault, Gate, Match, Which};
-use testkit::files::{assert_same_tree, chmod, chown, data_dir, is_root, plain_tree};
+use testkit::files::{assert_same_tree, chmod, chown, data_dir, plain_tree};
 use testkit::hook_runner::{HookRunner, RunnerOpts};
 use testkit::prelude::*;
 use testkit::release::image;
@@ -24,15 +24,6 @@ const RECORD: &str = "storageclass-migrate/copy";
 const COPIED_TO: &str = "storageclass-migrate/copied-to";
 /// The chart's rules for `data: snapshot`.
 const SNAPSHOT_RULES: [&str; 4] = ["always", "inUseEvict", "keepData", "dataSnapshot"];
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test needs root (the tree has owners other than root)");
-            return;
-        }
-    };
-}
 
 /// Writes [`plain_tree`] into `dir`, whose own owner and mode are set first: the same tree
 /// wherever it is written.
@@ -180,7 +171,7 @@ fn snapshot_name(claim: &PersistentVolumeClaim) -> String {
 
 #[tokio::test]
 async fn snapshot_keeps_every_file_and_the_claim_as_helm_made_it() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let s = Scene::new("snap").await;
     let run = s.migrate(&[]).await;
     let o = run.expect_shape(
@@ -225,7 +216,7 @@ async fn snapshot_keeps_every_file_and_the_claim_as_helm_made_it() {
 
 #[tokio::test]
 async fn delete_snapshot_and_delete_old_volume_leave_only_the_new_volume() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let rules = [&SNAPSHOT_RULES[..], &["deleteSnapshot"]].concat();
     let s = Scene::with("snap-delete", Class::new("b").csi(DRIVER_A), &rules).await;
     let handle =
@@ -256,14 +247,8 @@ async fn delete_snapshot_and_delete_old_volume_leave_only_the_new_volume() {
     // The old volume goes through its driver; so does the snapshot's archive.
     wait_deleted(DRIVER_A, &handle).await;
     assert!(s.snapshot().await.is_none(), "the snapshot is left");
-    let archives = std::fs::read_dir(testkit::csi::csi_root().join(DRIVER_A).join("snapshots"))
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            name.to_string_lossy().contains(&s.claim.uid().unwrap())
-        })
-        .count();
-    assert_eq!(archives, 0, "the driver still keeps the snapshot's archive");
+    let taken = wait_snapshots_deleted(DRIVER_A, &handle).await;
+    assert_eq!(taken.len(), 1, "one snapshot of the old volume: {taken:?}");
     assert_no_leak(&s.c).await;
 }
 
@@ -272,7 +257,7 @@ async fn delete_snapshot_and_delete_old_volume_leave_only_the_new_volume() {
 /// size, so the claim made again asks for that size, and is bound with the data.
 #[tokio::test]
 async fn a_volume_larger_than_its_claim_is_restored_at_the_snapshot_size() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let step = (64u64 << 20).to_string();
     let a = Class::new("a")
         .csi(DRIVER_A)
@@ -378,7 +363,7 @@ async fn a_class_that_binds_on_first_use_keeps_the_snapshot_for_the_restore() {
 /// the hook runner, the image's binary copying between the drivers' directories).
 #[tokio::test]
 async fn auto_snapshots_on_one_driver_and_copies_across_drivers() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let auto = [("DATA_POLICY", "auto"), ("COPY_IMAGE", &image())];
     let rules = [&SNAPSHOT_RULES[..], &["dataCopy"]].concat();
     let same = Scene::with("auto-same", Class::new("b").csi(DRIVER_A), &rules).await;
@@ -433,7 +418,7 @@ enum KillAt {
 
 #[test]
 fn killed_at_each_step_a_rerun_finishes_with_the_data() {
-    require_root!();
+    testkit::require_root!("the tree has owners other than root");
     let rows = [
         KillAt::Protect,
         KillAt::ClaimDeleted,

@@ -570,10 +570,7 @@ fn killed_after_the_set_delete_or_the_first_claim_a_rerun_converges() {
 
 #[tokio::test]
 async fn copy_keeps_each_claims_file_on_the_new_class() {
-    if !testkit::files::is_root() {
-        eprintln!("skipped: the copy keeps owners, which needs root");
-        return;
-    }
+    testkit::require_root!("the copy keeps owners");
     let s = Scene::with(
         "sts-copy",
         3,
@@ -607,10 +604,7 @@ async fn copy_keeps_each_claims_file_on_the_new_class() {
 /// snapshot of its volume, and keeps its file; no volume is leaked.
 #[tokio::test]
 async fn snapshot_keeps_each_claims_file_on_the_new_class() {
-    if !testkit::files::is_root() {
-        eprintln!("skipped: the files have owners other than root, which needs root");
-        return;
-    }
+    testkit::require_root!("the files have owners other than root");
     use testkit::csi::{DRIVER_A, assert_no_leak};
     let s = Scene::with_classes(
         "sts-snap",
@@ -717,10 +711,7 @@ async fn upgrade_to_b(
 /// the StatefulSet back with the new template.
 async fn helm_upgrade_moves_the_statefulset_with_its_data(helm: Helm) {
     use testkit::release::SET as REL_SET;
-    if !testkit::files::is_root() {
-        eprintln!("skipped: the copy keeps owners, which needs root");
-        return;
-    }
+    testkit::require_root!("the copy keeps owners");
     let (s, _binder, _kubelet, before) = helm_scaled_down(helm).await;
     let set = Sts::new(REL_SET);
 

@@ -6,7 +6,6 @@
 //! did it.
 
 use kube::ResourceExt;
-use kube::api::Preconditions;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -240,13 +239,7 @@ async fn settle_snapshot(
         return Ok(());
     };
     if delete && bound {
-        let params = kube::api::DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: snapshot.uid(),
-                resource_version: None,
-            }),
-            ..kube::api::DeleteParams::background()
-        };
+        let params = api::delete_params(&snapshot.uid().unwrap_or_default(), None, false);
         let request = snapshot_request(cluster, "delete", &name);
         match cluster
             .send(&request, || cluster.snapshots.delete(&name, &params))

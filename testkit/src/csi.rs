@@ -8,6 +8,7 @@
 //! DIR/csi/<driver>/origins/<volume handle>.json the claim it was made for; kept after deletion
 //! DIR/csi/<driver>/holds/<volume handle>        while present, DeleteVolume fails
 //! DIR/csi/<driver>/snapshots/<snapshot id>.tar  a snapshot: the volume's tree, owners, modes, times
+//! DIR/csi/<driver>/snapshot-sources/<snapshot id> the volume it was taken of; kept after deletion
 //! ```
 //!
 //! so a test sees what the provisioner really deleted, and [`assert_no_leak`] checks that every
@@ -214,14 +215,6 @@ pub fn snapshot_contents(ns: &TestNamespace) -> Api<DynamicObject> {
     )
 }
 
-/// The VolumeSnapshotClasses of the cluster.
-pub fn snapshot_classes(ns: &TestNamespace) -> Api<DynamicObject> {
-    Api::all_with(
-        ns.client().clone(),
-        &snapshot_resource("VolumeSnapshotClass"),
-    )
-}
-
 /// A ready VolumeSnapshot's driver and snapshot handle, read from its bound content; panics
 /// when it is not ready.
 pub async fn snapshot_handle(ns: &TestNamespace, snapshot: &DynamicObject) -> (String, String) {
@@ -244,6 +237,45 @@ pub async fn snapshot_handle(ns: &TestNamespace, snapshot: &DynamicObject) -> (S
         .as_str()
         .unwrap_or_default();
     (driver.to_string(), handle.to_string())
+}
+
+/// The snapshots `driver` ever took of its volume `volume` (`snapshot-sources/<id>`, kept after
+/// a snapshot is deleted), each with whether its archive is still there.
+pub fn snapshots_of_volume(driver: &str, volume: &str) -> Vec<(String, bool)> {
+    let dir = csi_root().join(driver).join("snapshot-sources");
+    let mut out = Vec::new();
+    for entry in
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+    {
+        let path = entry.expect("a directory entry").path();
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        if source == volume {
+            let id = path.file_name().unwrap().to_string_lossy().into_owned();
+            let kept = snapshot_archive(driver, &id).exists();
+            out.push((id, kept));
+        }
+    }
+    out
+}
+
+/// Waits until no snapshot of `driver`'s volume `volume` has its archive any more (the
+/// csi-snapshotter's DeleteSnapshot); panics after [`crate::api::WAIT_TIMEOUT`]. Returns the
+/// snapshots ever taken of it ([`snapshots_of_volume`]).
+pub async fn wait_snapshots_deleted(driver: &str, volume: &str) -> Vec<(String, bool)> {
+    let deadline = Instant::now() + crate::api::WAIT_TIMEOUT;
+    loop {
+        let taken = snapshots_of_volume(driver, volume);
+        if taken.iter().all(|(_, kept)| !kept) {
+            return taken;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshots of {volume} still archived after {:?}: {taken:?}",
+            crate::api::WAIT_TIMEOUT
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The archive in which `driver` keeps snapshot `handle` (which need not exist).

@@ -15,6 +15,18 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Skips the test unless it runs as root ([`is_root`]): it returns at once, saying on stderr
+/// why it needs root, e.g. `require_root!("the tree has owners other than root")`.
+#[macro_export]
+macro_rules! require_root {
+    ($why:expr) => {
+        if !$crate::files::is_root() {
+            eprintln!("skipped: this test needs root ({})", $why);
+            return;
+        }
+    };
+}
+
 pub fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) {
     let spec = |(tv_sec, tv_nsec)| Timespec { tv_sec, tv_nsec };
     rustix::fs::utimensat(

@@ -313,6 +313,11 @@ func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 			return nil, internal(err)
 		}
 	}
+	// The volume it was taken of, kept after the snapshot is deleted (as origins/ are), so that
+	// a test can tell which archives a volume's snapshots left.
+	if err := os.WriteFile(filepath.Join(d.root, "snapshot-sources", id), []byte(source), 0o644); err != nil {
+		return nil, internal(err)
+	}
 	info, err := os.Stat(file)
 	if err != nil {
 		return nil, internal(err)

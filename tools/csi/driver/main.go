@@ -43,7 +43,7 @@ func main() {
 		os.Exit(2)
 	}
 	d := &driver{name: *name, root: *root}
-	for _, sub := range []string{"volumes", "snapshots", "attributes", "origins", "holds"} {
+	for _, sub := range []string{"volumes", "snapshots", "snapshot-sources", "attributes", "origins", "holds"} {
 		if err := os.MkdirAll(filepath.Join(*root, sub), 0o755); err != nil {
 			log.Fatal(err)
 		}
